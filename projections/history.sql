@@ -1,0 +1,26 @@
+CREATE SCHEMA {schema};
+
+CREATE TABLE {schema}.checkpoint (
+    only_row boolean PRIMARY KEY DEFAULT true CHECK (only_row),
+    position bigint NOT NULL,
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO {schema}.checkpoint (position) VALUES (0);
+
+-- Every event that concerns a partner. position is the event store's
+-- notification_id: unique, so it is a cursor that never repeats or skips
+-- rows, however many events share a recorded_at timestamp.
+CREATE TABLE {schema}.partner_events (
+    partner_id text NOT NULL,
+    position bigint NOT NULL,
+    event_type text NOT NULL,
+    event_id uuid NOT NULL,
+    event_version bigint NOT NULL,
+    effective_date date,
+    recorded_at timestamptz NOT NULL,
+    actor text NOT NULL,
+    correlation_id text NOT NULL,
+    source_ref text NOT NULL,
+    data jsonb NOT NULL,
+    PRIMARY KEY (partner_id, position)
+);

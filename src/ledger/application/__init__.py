@@ -1,0 +1,1 @@
+"""Application layer: commands on the event-sourced ledger."""

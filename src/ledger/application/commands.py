@@ -1,0 +1,118 @@
+"""Commands the application accepts, already decoded into domain types.
+
+Entry points (HTTP, CLI, importers) decode untrusted input into these frozen
+objects; the application trusts their types and checks the domain rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date
+
+import msgspec
+
+from ledger.domain.money import Money
+from ledger.domain.rules import RuleSet
+
+__all__ = [
+    "ChangeTier",
+    "CommandContext",
+    "EnrollPartner",
+    "ProgramSpec",
+    "RecordActivity",
+    "RecordAdjustment",
+    "ReverseEarning",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    """Who asked and which request or job the command belongs to.
+
+    Attributes:
+        actor: Authenticated user, service or CLI user that issued the command.
+        correlation_id: Id shared by every event and log line of one request or job.
+    """
+
+    actor: str
+    correlation_id: str
+
+
+class ProgramSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A program definition as published from a TOML file.
+
+    Attributes:
+        id: Program id, letters, digits, '-' and '_'.
+        name: Display name.
+        currency: ISO 4217 code of every reward the program pays.
+        time_zone: IANA zone that defines dates and statement periods.
+        rounding: Rounding mode applied once per line: half-up, half-even, down, up.
+        rule_sets: Rule sets in version order.
+    """
+
+    id: str
+    name: str
+    currency: str
+    rule_sets: list[RuleSet]
+    time_zone: str = "UTC"
+    rounding: str = "half-up"
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollPartner:
+    """Enroll ``partner_id`` in a program."""
+
+    partner_id: str
+    display_name: str
+    effective_date: date
+    region: str = ""
+    channel_manager: str = ""
+    tier: str = "registered"
+    source_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecordActivity:
+    """Record an activity; its source reference is unique within the program."""
+
+    partner_id: str
+    activity_type: str
+    source_ref: str
+    effective_date: date
+    base_amount: Money | None = None
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordAdjustment:
+    """Credit (positive) or debit (negative) a partner, with a reason."""
+
+    amount: Money
+    effective_date: date
+    reason: str
+    source_ref: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReverseEarning:
+    """Reverse all or part of the earning recorded for ``source_ref``.
+
+    Set at most one of ``amount`` (reward to reverse) and ``base_amount`` (part
+    of the base clawed back, priced at the earning's frozen rate); with neither,
+    the whole remaining reward is reversed.
+    """
+
+    source_ref: str
+    effective_date: date
+    reason: str
+    amount: Money | None = None
+    base_amount: Money | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeTier:
+    """Move a partner to ``tier``."""
+
+    tier: str
+    effective_date: date
+    reason: str

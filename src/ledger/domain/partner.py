@@ -1,0 +1,164 @@
+"""The partner aggregate: enrollment, profile and tier.
+
+Earnings and adjustments are separate streams keyed by their source reference
+or idempotency key, so a partner's own stream stays short however many
+earnings the partner accumulates; recording an activity only reads it.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+
+from eventsourcing.domain import Aggregate
+
+from ledger.domain.ids import partner_id_uuid
+from ledger.errors import InvalidInputError
+
+__all__ = ["Partner", "check_partner_id"]
+
+_MAX_ID_LENGTH = 100
+
+
+def check_partner_id(partner_id: str, *, field: str = "partner_id") -> str:
+    """Return ``partner_id`` if it is a valid slug, else raise :class:`InvalidInputError`."""
+    if (
+        not partner_id
+        or len(partner_id) > _MAX_ID_LENGTH
+        or not all(c.isalnum() or c in "-_." for c in partner_id)
+    ):
+        raise InvalidInputError(
+            f"partner id {partner_id!r} must be 1 to {_MAX_ID_LENGTH} letters, digits, "
+            "'-', '_' or '.', such as darcel-schlecht",
+            field=field,
+            value=partner_id,
+        )
+    return partner_id
+
+
+class Partner(Aggregate):
+    """A partner enrolled in one program."""
+
+    class Enrolled(Aggregate.Created):
+        partner_id: str
+        program_id: str
+        display_name: str
+        region: str
+        channel_manager: str
+        tier: str
+        effective_date: date
+        actor: str
+        source_ref: str
+        correlation_id: str
+
+    class TierChanged(Aggregate.Event):
+        """The partner moved from one tier to another.
+
+        Version 2 added ``reason``; version-1 events load with an empty reason.
+        """
+
+        class_version = 2
+
+        from_tier: str
+        to_tier: str
+        effective_date: date
+        reason: str
+        actor: str
+        idempotency_key: str
+        correlation_id: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, object]) -> None:
+            state["reason"] = ""
+
+        def apply(self, aggregate: Aggregate) -> None:
+            assert isinstance(aggregate, Partner)
+            aggregate.tier = self.to_tier
+
+    def __init__(
+        self,
+        partner_id: str,
+        program_id: str,
+        display_name: str,
+        region: str,
+        channel_manager: str,
+        tier: str,
+        effective_date: date,
+        actor: str,
+        source_ref: str,
+        correlation_id: str,
+    ) -> None:
+        self.partner_id = partner_id
+        self.program_id = program_id
+        self.display_name = display_name
+        self.region = region
+        self.channel_manager = channel_manager
+        self.tier = tier
+        self.enrolled_on = effective_date
+
+    @classmethod
+    def enroll(
+        cls,
+        *,
+        partner_id: str,
+        program_id: str,
+        display_name: str,
+        region: str,
+        channel_manager: str,
+        tier: str,
+        effective_date: date,
+        actor: str,
+        source_ref: str,
+        correlation_id: str,
+    ) -> Partner:
+        """Enroll a new partner after checking its id and tier."""
+        check_partner_id(partner_id)
+        if not display_name.strip():
+            raise InvalidInputError(
+                f"partner {partner_id!r} has an empty display name", field="display_name"
+            )
+        if not tier.strip():
+            raise InvalidInputError(f"partner {partner_id!r} has an empty tier", field="tier")
+        return cls._create(
+            cls.Enrolled,
+            id=partner_id_uuid(partner_id),
+            partner_id=partner_id,
+            program_id=program_id,
+            display_name=display_name,
+            region=region,
+            channel_manager=channel_manager,
+            tier=tier,
+            effective_date=effective_date,
+            actor=actor,
+            source_ref=source_ref,
+            correlation_id=correlation_id,
+        )
+
+    def change_tier(
+        self,
+        *,
+        to_tier: str,
+        effective_date: date,
+        reason: str,
+        actor: str,
+        idempotency_key: str,
+        correlation_id: str,
+    ) -> None:
+        """Move the partner to ``to_tier``; moving to the current tier is rejected."""
+        if not to_tier.strip():
+            raise InvalidInputError("tier must not be empty", field="tier", value=to_tier)
+        if to_tier == self.tier:
+            raise InvalidInputError(
+                f"partner {self.partner_id!r} is already in tier {to_tier!r}",
+                field="tier",
+                value=to_tier,
+            )
+        self.trigger_event(
+            self.TierChanged,
+            from_tier=self.tier,
+            to_tier=to_tier,
+            effective_date=effective_date,
+            reason=reason,
+            actor=actor,
+            idempotency_key=idempotency_key,
+            correlation_id=correlation_id,
+        )

@@ -1,0 +1,264 @@
+"""Reward rules and the arithmetic that turns an activity into an earning.
+
+A program publishes rule sets, each with a version and the date it takes
+effect. An activity is priced by the rule set in force on its effective date,
+and within that set by the most specific rule for its activity type: a rule
+whose ``match`` attributes all equal the activity's, with the most keys, wins.
+A rule pays either a ``rate`` of the activity's base amount or a ``fixed``
+amount in the program currency. The result records every input so a statement
+can explain it and a replay reproduces it without consulting rules again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+import msgspec
+
+from ledger.domain.money import Money, RoundingMode, apply_rate
+from ledger.errors import InvalidInputError, RuleNotFoundError
+
+__all__ = ["Reward", "Rule", "RuleSet", "compute_reward", "rule_set_in_force"]
+
+_MAX_RATE = Decimal(1)
+
+
+class Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One way to earn: an activity type, optional attribute filters and a reward.
+
+    Attributes:
+        id: Identifier unique within its rule set, shown on statements.
+        activity_type: Activity type this rule prices, e.g. ``deal_won``.
+        match: Attribute values the activity must carry, e.g. ``{"series": "GTX"}``.
+        rate: Fraction of the base amount paid, e.g. ``0.045`` for 4.5%.
+        fixed: Fixed reward as a decimal string in the program currency.
+        description: Human-readable wording for statements.
+    """
+
+    id: str
+    activity_type: str
+    match: dict[str, str] = {}
+    rate: Decimal | None = None
+    fixed: str | None = None
+    description: str = ""
+
+
+class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A numbered, dated, immutable set of rules.
+
+    Attributes:
+        version: Positive integer, strictly increasing across a program.
+        effective_from: First calendar date (program time zone) the set prices.
+        rules: The rules, each with a distinct id.
+    """
+
+    version: int
+    effective_from: date
+    rules: tuple[Rule, ...]
+    description: str = ""
+
+    def validate(self, currency: str) -> None:
+        """Check the set on its own; raise :class:`InvalidInputError` naming the rule."""
+        if self.version < 1:
+            raise InvalidInputError(
+                f"rule set version {self.version} is not positive; number rule sets 1, 2, 3, ...",
+                field="rule_sets.version",
+                value=self.version,
+            )
+        if not self.rules:
+            raise InvalidInputError(
+                f"rule set {self.version} has no rules; add at least one [[rule_sets.rules]]",
+                field="rule_sets.rules",
+            )
+        seen_ids: set[str] = set()
+        seen_filters: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        for index, rule in enumerate(self.rules):
+            where = f"rule_sets[{self.version}].rules[{index}]"
+            if not rule.id:
+                raise InvalidInputError(f"{where} has an empty id", field=f"{where}.id")
+            if rule.id in seen_ids:
+                raise InvalidInputError(
+                    f"rule id {rule.id!r} appears twice in rule set {self.version}; "
+                    "give each rule its own id",
+                    field=f"{where}.id",
+                    value=rule.id,
+                )
+            seen_ids.add(rule.id)
+            if not rule.activity_type:
+                raise InvalidInputError(
+                    f"rule {rule.id!r} has no activity_type", field=f"{where}.activity_type"
+                )
+            if (rule.rate is None) == (rule.fixed is None):
+                raise InvalidInputError(
+                    f"rule {rule.id!r} must set exactly one of rate or fixed",
+                    field=f"{where}.rate",
+                )
+            if rule.rate is not None and not (
+                rule.rate.is_finite() and Decimal(0) <= rule.rate <= _MAX_RATE
+            ):
+                raise InvalidInputError(
+                    f"rule {rule.id!r} has rate {rule.rate}; a rate is a fraction between "
+                    "0 and 1, so 4.5% is written 0.045",
+                    field=f"{where}.rate",
+                    value=rule.rate,
+                )
+            if rule.fixed is not None:
+                fixed = Money.parse(rule.fixed, currency, field=f"{where}.fixed")
+                if fixed.amount_minor < 0:
+                    raise InvalidInputError(
+                        f"rule {rule.id!r} has a negative fixed reward {rule.fixed}; "
+                        "record clawbacks as reversals instead",
+                        field=f"{where}.fixed",
+                        value=rule.fixed,
+                    )
+            key = (rule.activity_type, tuple(sorted(rule.match.items())))
+            if key in seen_filters:
+                raise InvalidInputError(
+                    f"rules {seen_filters[key]!r} and {rule.id!r} both price activity type "
+                    f"{rule.activity_type!r} with the same match {dict(rule.match)}; "
+                    "keep one or make the match more specific",
+                    field=f"{where}.match",
+                )
+            seen_filters[key] = rule.id
+
+    def find_rule(self, activity_type: str, attributes: Mapping[str, str]) -> Rule:
+        """Return the most specific rule for the activity.
+
+        Raises:
+            RuleNotFoundError: No rule in this set matches.
+        """
+        best: Rule | None = None
+        for rule in self.rules:
+            if rule.activity_type != activity_type:
+                continue
+            if any(attributes.get(key) != value for key, value in rule.match.items()):
+                continue
+            if best is None or len(rule.match) > len(best.match):
+                best = rule
+        if best is None:
+            known = sorted({rule.activity_type for rule in self.rules})
+            raise RuleNotFoundError(
+                f"rule set {self.version} has no rule for activity type {activity_type!r} "
+                f"with attributes {dict(attributes)}; known activity types are {known}",
+                field="activity_type",
+                value=activity_type,
+            )
+        return best
+
+
+def rule_set_in_force(rule_sets: Sequence[RuleSet], on: date) -> RuleSet:
+    """Return the rule set with the latest ``effective_from`` not after ``on``.
+
+    Raises:
+        RuleNotFoundError: Every rule set starts after ``on``.
+    """
+    in_force: RuleSet | None = None
+    for rule_set in rule_sets:
+        if rule_set.effective_from <= on and (
+            in_force is None or rule_set.effective_from > in_force.effective_from
+        ):
+            in_force = rule_set
+    if in_force is None:
+        first = min((rs.effective_from for rs in rule_sets), default=None)
+        hint = (
+            f"the first rule set takes effect on {first.isoformat()}"
+            if first
+            else "the program has no published rule set; publish one first"
+        )
+        raise RuleNotFoundError(
+            f"no rule set is in force on {on.isoformat()}; {hint}",
+            field="effective_date",
+            value=on.isoformat(),
+        )
+    return in_force
+
+
+@dataclass(frozen=True, slots=True)
+class Reward:
+    """How an activity was priced, frozen onto the earning.
+
+    Attributes:
+        rule_set_version: Version of the rule set in force on the effective date.
+        rule_id: The rule that matched.
+        base: The activity's base amount, when it has one.
+        rate: The rule's rate, for rate rules.
+        fixed: The rule's fixed amount, for fixed rules.
+        unrounded_minor: Exact result in minor units before rounding.
+        amount: The earned amount, rounded once.
+        rounding: The rounding mode applied.
+    """
+
+    rule_set_version: int
+    rule_id: str
+    base: Money | None
+    rate: Decimal | None
+    fixed: Money | None
+    unrounded_minor: Decimal
+    amount: Money
+    rounding: RoundingMode
+
+
+def compute_reward(
+    rule_set: RuleSet,
+    *,
+    currency: str,
+    rounding: RoundingMode,
+    activity_type: str,
+    attributes: Mapping[str, str],
+    base: Money | None,
+) -> Reward:
+    """Price one activity with ``rule_set``.
+
+    Raises:
+        RuleNotFoundError: No rule matches the activity.
+        InvalidInputError: A rate rule matched but the base amount is missing,
+            negative or in another currency than the program's.
+    """
+    rule = rule_set.find_rule(activity_type, attributes)
+    if rule.rate is not None:
+        if base is None:
+            raise InvalidInputError(
+                f"rule {rule.id!r} pays {rule.rate} of the base amount, but the activity has "
+                "no base_amount; send base_amount such as {\"amount\": \"100.00\", "
+                f"\"currency\": \"{currency}\"}}",
+                field="base_amount",
+            )
+        if base.currency != currency:
+            raise InvalidInputError(
+                f"base_amount is in {base.currency} but the program pays in {currency}; "
+                f"convert the base to {currency} before recording",
+                field="base_amount.currency",
+                value=base.currency,
+            )
+        if base.amount_minor < 0:
+            raise InvalidInputError(
+                f"base_amount {base} is negative; record refunds as reversals",
+                field="base_amount.amount",
+                value=base.format(),
+            )
+        result = apply_rate(base, rule.rate, rounding)
+        return Reward(
+            rule_set_version=rule_set.version,
+            rule_id=rule.id,
+            base=base,
+            rate=rule.rate,
+            fixed=None,
+            unrounded_minor=result.unrounded_minor,
+            amount=result.rounded,
+            rounding=rounding,
+        )
+    assert rule.fixed is not None  # validate() guarantees one of rate or fixed
+    fixed = Money.parse(rule.fixed, currency)
+    return Reward(
+        rule_set_version=rule_set.version,
+        rule_id=rule.id,
+        base=base,
+        rate=None,
+        fixed=fixed,
+        unrounded_minor=Decimal(fixed.amount_minor),
+        amount=fixed,
+        rounding=rounding,
+    )

@@ -1,0 +1,82 @@
+"""Service settings, read once from ``LEDGER_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import msgspec
+
+from ledger.errors import InvalidInputError
+
+__all__ = ["Settings"]
+
+
+class Settings(msgspec.Struct, frozen=True, kw_only=True):
+    """Runtime configuration.
+
+    Attributes:
+        database_url: PostgreSQL URL (``LEDGER_DATABASE_URL``); when unset an
+            embedded server is started in ``data_dir``.
+        data_dir: Folder of the embedded server's data (``LEDGER_DATA_DIR``).
+        database_name: Database created and used on the embedded server.
+        host: Address the HTTP server binds (``LEDGER_HOST``).
+        port: TCP port of the HTTP server (``LEDGER_PORT``).
+        log_format: ``json``, ``console`` or ``auto`` (console on a terminal).
+        read_wait_seconds: Longest time a read with ``min_position`` waits for
+            the projections (``LEDGER_READ_WAIT_SECONDS``).
+        projector_batch_size: Events per projector transaction.
+        projector_poll_seconds: Fallback poll interval when notifications stop.
+    """
+
+    database_url: str | None = None
+    data_dir: Path = Path(".ledger")
+    database_name: str = "ledger"
+    host: str = "127.0.0.1"
+    port: int = 8000
+    log_format: str = "auto"
+    read_wait_seconds: float = 2.0
+    projector_batch_size: int = 2000
+    projector_poll_seconds: float = 1.0
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``).
+
+        Raises:
+            InvalidInputError: A variable holds a value of the wrong type.
+        """
+        env = os.environ if environ is None else environ
+        raw: dict[str, object] = {}
+        names = {
+            "database_url": "LEDGER_DATABASE_URL",
+            "data_dir": "LEDGER_DATA_DIR",
+            "host": "LEDGER_HOST",
+            "port": "LEDGER_PORT",
+            "log_format": "LEDGER_LOG_FORMAT",
+            "read_wait_seconds": "LEDGER_READ_WAIT_SECONDS",
+            "projector_batch_size": "LEDGER_PROJECTOR_BATCH_SIZE",
+            "projector_poll_seconds": "LEDGER_PROJECTOR_POLL_SECONDS",
+        }
+        for field, variable in names.items():
+            value = env.get(variable)
+            if value:
+                raw[field] = value
+        try:
+            settings = msgspec.convert(raw, cls, strict=False)
+        except msgspec.ValidationError as error:
+            field = str(error).rsplit("$.", 1)[-1].rstrip("`")
+            variable = names.get(field, "LEDGER_*")
+            raise InvalidInputError(
+                f"environment variable {variable} is invalid: {error}",
+                field=variable,
+                value=raw.get(field),
+            ) from None
+        if settings.log_format not in {"auto", "json", "console"}:
+            raise InvalidInputError(
+                f"LEDGER_LOG_FORMAT is {settings.log_format!r}; use auto, json or console",
+                field="LEDGER_LOG_FORMAT",
+                value=settings.log_format,
+            )
+        return settings
