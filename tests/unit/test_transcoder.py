@@ -55,7 +55,7 @@ class Permission(enum.IntFlag):
 
 
 class RateCard(enum.Enum):
-    """Enum whose values need the transcoder's own encoding (tuple of Decimal)."""
+    """Enum whose values are tuples containing a Decimal, which msgpack cannot carry natively."""
 
     STANDARD = (Decimal("0.045"), "standard")
     PREMIUM = (Decimal("0.060"), "premium")
@@ -408,7 +408,7 @@ def test_int_of_any_size_round_trips(value: int) -> None:
     assert decoded == value
 
 
-def test_registered_transcoding_wins_for_subclass() -> None:
+def test_registered_subclass_round_trips() -> None:
     value = {"int": MyInt(3), "str": MyStr("x"), "list": MyList([1]), "dict": Mydict({"a": 1})}
 
     decoded = round_trip(value)
@@ -522,7 +522,7 @@ def test_nested_values_round_trip_exactly(value: Any) -> None:
 
 
 @given(st.decimals(allow_nan=False, allow_infinity=False))
-def test_finite_decimal_round_trips_with_equal(value: Decimal) -> None:
+def test_finite_decimal_equal_after_round_trip(value: Decimal) -> None:
     decoded = round_trip(value)
 
     assert type(decoded) is Decimal
@@ -534,7 +534,7 @@ AEST = timezone(timedelta(hours=10))
 
 
 class RewardAccount(Aggregate):
-    """Small aggregate whose event carries every value type a ledger event stores."""
+    """Aggregate whose PointsAwarded event carries Decimal, UUID, date, datetime and enum values."""
 
     @event("Registered")
     def __init__(self, owner: str) -> None:

@@ -2,15 +2,17 @@
 
 Contract: for every supported value ``obj``, ``decode(encode(obj))`` is equal to
 ``obj``, and every value nested inside the result has the same type as the
-value at the same place in ``obj``. Nothing is widened or narrowed: a tuple
-never comes back as a list, a ``Decimal`` keeps its exponent (``60.40`` stays
-``60.40``), a ``date`` never comes back as a ``datetime``, and an enum member
-comes back as the member rather than its value.
+value at the same place in ``obj``. So a tuple never comes back as a list, and a
+``date`` never comes back as a ``datetime``. A ``Decimal`` keeps its exponent
+(``60.40`` stays ``60.40``), and an enum member comes back as the member rather
+than its value.
 
 Supported values, matched by exact type (``type(obj) is T``):
 
-* ``None``, ``bool``, ``float``, ``str``, ``bytes``, ``list``, and ``dict``
-  with ``str`` keys.
+* ``None``, ``bool``, ``float``, ``bytes``, ``list``, and ``dict`` with ``str``
+  keys.
+* ``str``. msgpack strings are UTF-8, so a lone surrogate such as ``"\\ud800"``
+  raises ``UnicodeEncodeError``.
 * ``int`` of any size. Values outside msgpack's 64-bit range travel as
   two's-complement bytes.
 * ``decimal.Decimal``, including special values (NaN, sNaN, infinities, -0).
@@ -121,8 +123,8 @@ class MsgspecTranscoder(Transcoder):
             date: _encode_date,
             datetime: self._encode_datetime,
         }
-        # Exact type -> encoder. Enum classes are added on first use, so the topic lookup
-        # runs once per class instead of once per member encoded.
+        # Encoder for each exact type. Enum classes are added on first use, so the topic
+        # lookup runs once per class instead of once per member encoded.
         self._encoders: dict[type, _Encode] = dict(self._builtin_encoders)
         self._transcodings_by_name: dict[str, Transcoding] = {}
         self._ext_decoders: dict[int, _Decode] = {
@@ -175,9 +177,9 @@ class MsgspecTranscoder(Transcoder):
     def encode(self, obj: Any) -> bytes:
         """Encode ``obj`` as MessagePack bytes.
 
-        Raises ``TranscodingNotRegisteredError`` for a value of an unsupported type
-        and ``TypeError`` for a dict key that is not a ``str`` or a datetime whose
-        tzinfo cannot be stored.
+        Raises ``TranscodingNotRegisteredError`` for a value of an unsupported type,
+        and ``TypeError`` for a non-``str`` dict key or for a datetime whose tzinfo
+        cannot be stored.
         """
         return self._encoder.encode(self._to_wire(obj))
 
