@@ -27,7 +27,7 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
-    """Who asked and which request or job the command belongs to.
+    """The actor and the request or job a command belongs to.
 
     Attributes:
         actor: Authenticated user, service or CLI user that issued the command.
@@ -98,7 +98,7 @@ class ReverseEarning:
     """Reverse all or part of the earning recorded for ``source_ref``.
 
     Set at most one of ``amount`` (reward to reverse) and ``base_amount`` (part
-    of the base clawed back, priced at the earning's frozen rate); with neither,
+    of the base clawed back, priced at the earning's frozen rate). With neither,
     the whole remaining reward is reversed.
     """
 

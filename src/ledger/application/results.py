@@ -1,4 +1,4 @@
-"""What commands return: the outcome, whether it is new, and its event position."""
+"""Command results: each outcome, whether it is new, and its event position."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ class TierOutcome:
 
 @dataclass(frozen=True, slots=True)
 class PartnerView:
-    """A partner as the write side knows it."""
+    """A partner as stored on the write side."""
 
     partner_id: str
     program_id: str

@@ -1,6 +1,6 @@
 """The ledger application: commands on eventsourcing's ``Application``.
 
-Each command loads the few short streams it needs, asks the domain objects to
+Each command loads the few short streams it needs, lets the domain objects
 decide, and saves every new event of the command in one transaction. Retries
 are safe because streams that a command creates have ids derived from the
 caller's source reference or idempotency key: a duplicate fails on the event
@@ -325,65 +325,75 @@ class LedgerApplication(Application[UUID]):
             NotFoundError: The program does not exist.
         """
         with _store_errors():
-            program = self.get_program(program_id)
-            partners = self._load_partners({c.partner_id for c in commands})
-            ids = [earning_id(program_id, c.source_ref) for c in commands]
-            existing = self._load_first_events(ids)
-
-            items: list[BatchItem | None] = [None] * len(commands)
-            new: list[tuple[int, Earning]] = []
-            seen: dict[UUID, int] = {}
-            for index, (command, aggregate_id) in enumerate(zip(commands, ids, strict=True)):
+            for _ in range(_MAX_APPEND_ATTEMPTS - 1):
                 try:
-                    if aggregate_id in seen:
-                        # Same source reference twice in one batch: the second
-                        # behaves like a retry of the first.
-                        first = seen[aggregate_id]
-                        _compare_activity(_request_of(commands[first]), command)
-                        continue
-                    seen[aggregate_id] = index
-                    stored = existing.get(aggregate_id)
-                    if stored is not None:
-                        earned, position = stored
-                        _compare_activity(_earned_request(earned), command)
-                        items[index] = BatchItem(
-                            ActivityOutcome(False, _earning_view(earned), position), None
-                        )
-                        continue
-                    earning = self._price(program, partners, command, context)
-                    new.append((index, earning))
-                except LedgerError as error:
-                    items[index] = BatchItem(None, error)
-
-            if new:
-                try:
-                    recordings = self.save(*(earning for _, earning in new))
+                    return self._record_batch(program_id, commands, context)
                 except IntegrityError:
                     # Another writer recorded one of these source references
-                    # since the lookup above; redo the batch, which now finds it.
-                    return self.record_activities(program_id, commands, context)
-                positions = {r.domain_event.originator_id: r.notification.id for r in recordings}
-                for index, earning in new:
+                    # since the lookup; the next attempt finds and compares it.
+                    continue
+            return self._record_batch(program_id, commands, context)
+
+    def _record_batch(
+        self,
+        program_id: str,
+        commands: Sequence[RecordActivity],
+        context: CommandContext,
+    ) -> list[BatchItem]:
+        program = self.get_program(program_id)
+        partners = self._load_partners({c.partner_id for c in commands})
+        ids = [earning_id(program_id, c.source_ref) for c in commands]
+        existing = self._load_first_events(ids)
+
+        items: list[BatchItem | None] = [None] * len(commands)
+        new: list[tuple[int, Earning]] = []
+        seen: dict[UUID, int] = {}
+        for index, (command, aggregate_id) in enumerate(zip(commands, ids, strict=True)):
+            try:
+                if aggregate_id in seen:
+                    # Same source reference twice in one batch: the second
+                    # behaves like a retry of the first.
+                    first = seen[aggregate_id]
+                    _compare_activity(_request_of(commands[first]), command)
+                    continue
+                seen[aggregate_id] = index
+                stored = existing.get(aggregate_id)
+                if stored is not None:
+                    earned, position = stored
+                    _compare_activity(_earned_request(earned), command)
                     items[index] = BatchItem(
-                        ActivityOutcome(
-                            True, _aggregate_view(earning), positions[earning.id]
-                        ),
+                        ActivityOutcome(False, _earning_view(earned), position), None
+                    )
+                    continue
+                earning = self._price(program, partners, command, context)
+                new.append((index, earning))
+            except LedgerError as error:
+                items[index] = BatchItem(None, error)
+
+        if new:
+            recordings = self.save(*(earning for _, earning in new))
+            positions = {r.domain_event.originator_id: r.notification.id for r in recordings}
+            for index, earning in new:
+                items[index] = BatchItem(
+                    ActivityOutcome(
+                        True, _aggregate_view(earning), positions[earning.id]
+                    ),
+                    None,
+                )
+
+        for index, command in enumerate(commands):
+            if items[index] is None:
+                # A duplicate within the batch: report the first's outcome.
+                first_item = items[seen[ids[index]]]
+                assert first_item is not None
+                if first_item.outcome is not None:
+                    items[index] = BatchItem(
+                        ActivityOutcome(False, first_item.outcome.earning, first_item.outcome.position),
                         None,
                     )
-
-            for index, command in enumerate(commands):
-                if items[index] is None:
-                    # A duplicate within the batch: report the first's outcome.
-                    first_item = items[seen[ids[index]]]
-                    assert first_item is not None
-                    if first_item.outcome is not None:
-                        items[index] = BatchItem(
-                            ActivityOutcome(False, first_item.outcome.earning, first_item.outcome.position),
-                            None,
-                        )
-                    else:
-                        items[index] = first_item
-            return [item for item in items if item is not None]
+                else:
+                    items[index] = first_item
+        return [item for item in items if item is not None]
 
     def _price(
         self,
