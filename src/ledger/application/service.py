@@ -192,6 +192,7 @@ class LedgerApplication(Application[UUID]):
                         "display_name": existing.display_name,
                         "region": existing.region,
                         "channel_manager": existing.channel_manager,
+                        "tier": existing.initial_tier,
                         "effective_date": existing.enrolled_on,
                     },
                     {
@@ -199,6 +200,7 @@ class LedgerApplication(Application[UUID]):
                         "display_name": command.display_name,
                         "region": command.region,
                         "channel_manager": command.channel_manager,
+                        "tier": command.tier,
                         "effective_date": command.effective_date,
                     },
                 )

@@ -24,6 +24,7 @@ from ledger.errors import InvalidInputError
 
 __all__ = [
     "CURRENCY_EXPONENTS",
+    "MAX_AMOUNT_MINOR",
     "Money",
     "RateResult",
     "RoundingMode",
@@ -43,6 +44,11 @@ CURRENCY_EXPONENTS: dict[str, int] = {
     "SGD": 2, "THB": 2, "TND": 3, "TRY": 2, "TWD": 2, "UAH": 2, "USD": 2, "VND": 0,
     "ZAR": 2,
 }
+
+# Largest magnitude one parsed amount may have, in minor units. Read models
+# store sums in bigint (up to about 9.2e18), so a cap of 1e15 per amount leaves
+# room for thousands of maximal amounts in one balance.
+MAX_AMOUNT_MINOR = 10**15
 
 
 class RoundingMode(enum.StrEnum):
@@ -117,14 +123,19 @@ class Money:
 
         The string may carry fewer digits than the currency's exponent
         (``"5"`` is 5.00 USD) but never more: ``"1.005"`` USD is rejected
-        rather than silently rounded.
+        rather than silently rounded. Exponent notation (``"1e3"``), digit
+        separators and non-ASCII digits are rejected too.
 
         Raises:
-            InvalidInputError: The text is not a finite decimal number, or has
-                more fraction digits than the currency allows.
+            InvalidInputError: The text is not a plain decimal number, has more
+                fraction digits than the currency allows, or exceeds
+                :data:`MAX_AMOUNT_MINOR`.
         """
         exponent = currency_exponent(currency, field=f"{field}.currency" if field else "currency")
-        if not isinstance(text, str) or not text.strip() or "_" in text:
+        # Decimal() also accepts "1e3", "1_0", "NaN" and non-ASCII digits, and a
+        # large exponent raises decimal.Overflow, so allow only these characters.
+        allowed = set("+-.0123456789")
+        if not isinstance(text, str) or not text.strip() or set(text.strip()) - allowed:
             raise InvalidInputError(
                 f"amount {text!r} is not a decimal string; send it as text such as \"47.43\"",
                 field=field,
@@ -139,11 +150,8 @@ class Money:
                 field=field,
                 value=text,
             ) from None
-        if not value.is_finite():
-            raise InvalidInputError(
-                f"amount {text!r} is not a finite number", field=field, value=text
-            )
-        scaled = value.scaleb(exponent)
+        # The default context keeps 28 digits and would round a longer amount.
+        scaled = value.scaleb(exponent, decimal.Context(prec=decimal.MAX_PREC))
         if scaled != scaled.to_integral_value():
             raise InvalidInputError(
                 f"amount {text!r} has more than {exponent} decimal places, the minor unit "
@@ -151,7 +159,15 @@ class Money:
                 field=field,
                 value=text,
             )
-        return cls(int(scaled), currency)
+        minor = int(scaled)
+        if abs(minor) > MAX_AMOUNT_MINOR:
+            raise InvalidInputError(
+                f"amount {text!r} exceeds the largest accepted amount, {MAX_AMOUNT_MINOR:,} "
+                f"minor units of {currency}; split it or check the value",
+                field=field,
+                value=text,
+            )
+        return cls(minor, currency)
 
     def format(self) -> str:
         """Return the amount as a decimal string with exactly the currency's digits."""

@@ -93,6 +93,7 @@ class Partner(Aggregate):
         self.region = region
         self.channel_manager = channel_manager
         self.tier = tier
+        self.initial_tier = tier
         self.enrolled_on = effective_date
 
     @classmethod

@@ -123,6 +123,30 @@ class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                     field=f"{where}.match",
                 )
             seen_filters[key] = rule.id
+        self._check_overlaps()
+
+    def _check_overlaps(self) -> None:
+        # Two rules of one activity type can both match an activity unless a
+        # shared attribute requires different values. When such rules have the
+        # same number of match keys, neither is more specific, so the file
+        # order would decide the price: reject that.
+        for index, first in enumerate(self.rules):
+            for second in self.rules[index + 1 :]:
+                if first.activity_type != second.activity_type:
+                    continue
+                if len(first.match) != len(second.match):
+                    continue
+                shared = first.match.keys() & second.match.keys()
+                if any(first.match[key] != second.match[key] for key in shared):
+                    continue
+                raise InvalidInputError(
+                    f"rules {first.id!r} and {second.id!r} can both price the same "
+                    f"{first.activity_type!r} activity and neither is more specific "
+                    f"({dict(first.match)} vs {dict(second.match)}); add a rule matching "
+                    "both attributes or make the matches exclusive",
+                    field=f"rule_sets[{self.version}].rules",
+                    value=second.id,
+                )
 
     def find_rule(self, activity_type: str, attributes: Mapping[str, str]) -> Rule:
         """Return the most specific rule for the activity.
