@@ -1,0 +1,219 @@
+"""Reading one batch of stored events and decoding it into domain events.
+
+Events are read in ``notification_id`` order. Only the topics a projection
+handles are decoded, and the rest are counted so the checkpoint can pass over
+them. Some events do not carry the ids a read model needs: a reversal does not
+name its partner, a tier change does not name its partner, and a published
+rule set does not name its program. For those, the batch also contains the
+creation event (version 1) of the stream, found either within the batch or
+with one extra query on the event store's primary key.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from eventsourcing.persistence import Mapper, StoredEvent
+from eventsourcing.utils import get_topic
+
+from ledger.domain.adjustment import Adjustment
+from ledger.domain.earning import Earning
+from ledger.domain.partner import Partner
+from ledger.domain.program import Program
+from ledger.infrastructure.transcoder import MsgspecTranscoder
+
+__all__ = [
+    "ADJUSTMENT_RECORDED",
+    "EARNING_EARNED",
+    "EARNING_REVERSED",
+    "PARTNER_ENROLLED",
+    "PARTNER_TIER_CHANGED",
+    "PROGRAM_CREATED",
+    "PROGRAM_RULE_SET_PUBLISHED",
+    "DecodedEvents",
+    "EventBatch",
+    "json_text",
+    "read_batch",
+    "read_head",
+]
+
+PROGRAM_CREATED = get_topic(Program.Created)
+PROGRAM_RULE_SET_PUBLISHED = get_topic(Program.RuleSetPublished)
+PARTNER_ENROLLED = get_topic(Partner.Enrolled)
+PARTNER_TIER_CHANGED = get_topic(Partner.TierChanged)
+EARNING_EARNED = get_topic(Earning.Earned)
+EARNING_REVERSED = get_topic(Earning.Reversed)
+ADJUSTMENT_RECORDED = get_topic(Adjustment.Recorded)
+
+# Topics whose events need their stream's creation event to be projected.
+_NEEDS_CREATION = frozenset({PROGRAM_RULE_SET_PUBLISHED, PARTNER_TIER_CHANGED, EARNING_REVERSED})
+
+_SELECT_EVENTS = """
+SELECT notification_id, originator_id, originator_version, topic, state
+  FROM ledger_events
+ WHERE notification_id > $1
+ ORDER BY notification_id
+ LIMIT $2
+"""
+
+_SELECT_HEAD = "SELECT coalesce(max(notification_id), 0) FROM ledger_events"
+
+_SELECT_CREATION_EVENTS = """
+SELECT originator_id, topic, state
+  FROM ledger_events
+ WHERE originator_id = ANY($1::uuid[]) AND originator_version = 1
+"""
+
+# Decoding is pure and the transcoder keeps no per-call state, so one mapper
+# serves every projection task of the process.
+_MAPPER: Mapper[UUID] = Mapper(transcoder=MsgspecTranscoder())
+_JSON_ENCODER = msgspec.json.Encoder()
+
+
+def json_text(value: Any) -> str:
+    """Encode ``value`` as JSON text for a ``jsonb`` parameter.
+
+    Decimals become strings with their exact digits, dates and datetimes ISO
+    8601 strings, UUIDs their canonical text, and tuples arrays.
+    """
+    return _JSON_ENCODER.encode(value).decode()
+
+
+@dataclass(slots=True)
+class EventBatch:
+    """Events read by one projector batch.
+
+    Attributes:
+        events: ``(position, domain event)`` of the handled topics, in position
+            order. ``position`` is the event's ``notification_id``.
+        last_position: ``notification_id`` of the last row read, skipped or
+            not; the checkpoint moves here when the batch commits.
+        row_count: Rows read, including those of topics the projection skips.
+        creations: Creation event of each stream that a handled event needs
+            and that the batch does not contain, by stream id.
+    """
+
+    events: list[tuple[int, Any]]
+    last_position: int
+    row_count: int
+    creations: dict[UUID, Any] = field(default_factory=dict)
+
+    def creation_of(self, event: Any) -> Any:
+        """Return the creation event of ``event``'s stream.
+
+        Raises:
+            LookupError: The stream has no version-1 event in the store, which
+                only a damaged event store can cause.
+        """
+        try:
+            return self.creations[event.originator_id]
+        except KeyError:
+            raise LookupError(
+                f"stream {event.originator_id} has no creation event in ledger_events, "
+                f"so its event version {event.originator_version} cannot be projected"
+            ) from None
+
+
+async def read_head(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+    """Return the position of the newest committed event, 0 when the store is empty."""
+    head: int = await conn.fetchval(_SELECT_HEAD)
+    return head
+
+
+def _decode(originator_id: UUID, version: int, topic: str, state: bytes) -> Any:
+    return _MAPPER.to_domain_event(StoredEvent(originator_id, version, topic, state))
+
+
+class DecodedEvents:
+    """Decoded events by position, shared by the projection tasks of one run.
+
+    The projections of one run read the same events at about the same time,
+    so decoding each event once instead of once per projection saves most of
+    the decoding work. Positions identify events only within one database, so
+    an instance must never serve two databases. Handlers must not modify the
+    events it returns.
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._events: dict[int, Any] = {}
+
+    def decode(
+        self, position: int, originator_id: UUID, version: int, topic: str, state: bytes
+    ) -> Any:
+        """Return the event stored at ``position``, decoding it on first request."""
+        event = self._events.get(position)
+        if event is None:
+            event = _decode(originator_id, version, topic, state)
+            self._events[position] = event
+        return event
+
+    def trim(self) -> None:
+        """Drop the oldest events beyond ``capacity``."""
+        excess = len(self._events) - self.capacity
+        if excess > 0:
+            for position in list(itertools.islice(self._events, excess)):
+                del self._events[position]
+
+
+async def read_batch(
+    conn: asyncpg.Connection,
+    *,
+    after: int,
+    limit: int,
+    topics: Collection[str],
+    decoded: DecodedEvents | None = None,
+) -> EventBatch | None:
+    """Read up to ``limit`` events after position ``after``; return None if there are none.
+
+    Events whose topic is not in ``topics`` are not decoded. ``decoded`` lets
+    projections running side by side share the decoding work. The caller runs
+    this inside its batch transaction. Because the event store serializes
+    inserts with a table lock, every event at or below the last position read
+    is already committed, so a later batch never finds an earlier position.
+    """
+    rows = await conn.fetch(_SELECT_EVENTS, after, limit)
+    if not rows:
+        return None
+    if decoded is None:
+        decoded = DecodedEvents(capacity=len(rows))
+
+    # Decode the handled topics and remember the creation events seen.
+    events: list[tuple[int, Any]] = []
+    creations: dict[UUID, Any] = {}
+    wanted: set[UUID] = set()
+    for notification_id, originator_id, version, topic, state in rows:
+        if topic not in topics:
+            continue
+        event = decoded.decode(notification_id, originator_id, version, topic, state)
+        events.append((notification_id, event))
+        if version == 1:
+            creations[originator_id] = event
+        elif topic in _NEEDS_CREATION:
+            wanted.add(originator_id)
+
+    decoded.trim()
+
+    # Fetch the creation events that earlier batches contained.
+    missing = wanted.difference(creations)
+    batch = EventBatch(events, rows[-1]["notification_id"], len(rows))
+    batch.creations = {key: creations[key] for key in wanted & creations.keys()}
+    if missing:
+        batch.creations.update(await _read_creation_events(conn, missing))
+    return batch
+
+
+async def _read_creation_events(
+    conn: asyncpg.Connection, originator_ids: Iterable[UUID]
+) -> Mapping[UUID, Any]:
+    rows = await conn.fetch(_SELECT_CREATION_EVENTS, list(originator_ids))
+    return {
+        originator_id: _decode(originator_id, 1, topic, state)
+        for originator_id, topic, state in rows
+    }
