@@ -1,0 +1,195 @@
+"""Assembly of the Litestar application.
+
+:func:`create_app` wires the route handlers to one set of
+:class:`~ledger.bootstrap.Services`. Its lifespan opens an asyncpg pool for
+the read side, optionally runs the projector as a background task of the same
+event loop, and on shutdown stops the projector and closes the pool.
+:func:`openapi_document` builds the same application without services, so
+the OpenAPI document can be exported without a database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import asyncpg
+import structlog
+from litestar import Litestar
+from litestar.datastructures import State
+from litestar.openapi import OpenAPIConfig
+from litestar.params import HeaderParameter
+
+from ledger import projector
+from ledger.api.context import MAX_HEADER_TEXT, REQUEST_ID_HEADER
+from ledger.api.middleware import RequestLogMiddleware
+from ledger.api.problems import handle_exception
+from ledger.api.routes import ROUTE_HANDLERS
+from ledger.bootstrap import Services
+from ledger.errors import StoreUnavailableError
+from ledger.logs import configure_logging
+
+__all__ = ["create_app", "openapi_document"]
+
+_log = structlog.get_logger("ledger.api")
+
+# Read connections per process. Each request uses one for a few queries,
+# and the projector opens its own connections outside this pool.
+_POOL_MIN_SIZE = 1
+_POOL_MAX_SIZE = 10
+_CONNECT_TIMEOUT_SECONDS = 10.0
+
+# Maximum wait for the projector to finish its current batch on shutdown.
+# After it the task is cancelled, and the cancelled batch rolls back and is
+# replayed by the next projector.
+_PROJECTOR_STOP_SECONDS = 10.0
+
+_DESCRIPTION = """\
+Event-sourced rewards ledger for partner programs.
+
+Money is always `{"amount": "47.43", "currency": "USD"}`: the amount is a
+decimal string with the currency's minor-unit digits (none for JPY, three for
+BHD), never a JSON number.
+
+Writes return `position`. Pass it as `min_position` to any read to see that
+write: the read waits until the projections it uses have applied it.
+
+Every error is an RFC 9457 problem document (`application/problem+json`)
+whose `errors` list names each field at fault, the value sent and the fix.
+"""
+
+
+def _package_version() -> str:
+    try:
+        return version("ledger")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def _build(
+    *,
+    state: State,
+    lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[None]]],
+) -> Litestar:
+    return Litestar(
+        route_handlers=ROUTE_HANDLERS,
+        middleware=[RequestLogMiddleware()],
+        exception_handlers={Exception: handle_exception},
+        lifespan=lifespan,
+        state=state,
+        parameters={
+            "x_request_id": HeaderParameter(
+                name=REQUEST_ID_HEADER,
+                annotation=str | None,
+                required=False,
+                description=(
+                    f"Request id, 1 to {MAX_HEADER_TEXT} printable ASCII characters; echoed "
+                    "in the response, written to the logs and stored as the correlation id "
+                    "of the events a write produces. A new UUID is used when absent."
+                ),
+            )
+        },
+        openapi_config=OpenAPIConfig(
+            title="ledger",
+            version=_package_version(),
+            description=_DESCRIPTION,
+            path="/schema",
+        ),
+        # The structlog request line replaces Litestar's own logging.
+        logging_config=None,
+    )
+
+
+def create_app(services: Services, *, run_projector: bool = True) -> Litestar:
+    """Return the HTTP application serving ``services``.
+
+    Args:
+        services: The assembled command side, settings and database.
+        run_projector: Run :func:`ledger.projector.run_projector` inside this
+            process while the application runs. Turn it off when a separate
+            ``ledger project`` process keeps the projections current.
+    """
+    if not structlog.is_configured():
+        configure_logging(services.settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        async with _read_pool(services) as pool, _projector_task(services, run_projector) as task:
+            app.state["pool"] = pool
+            app.state["projector_task"] = task
+            _log.info("api_started", database=services.database.redacted, projector=run_projector)
+            try:
+                yield
+            finally:
+                _log.info("api_stopping")
+
+    return _build(state=State({"services": services}), lifespan=[lifespan])
+
+
+def openapi_document() -> dict[str, Any]:
+    """Return the application's OpenAPI document as plain JSON data.
+
+    The application built here has no services and is never started; only
+    its routes and types matter for the schema.
+    """
+    app = _build(state=State({}), lifespan=[])
+    return app.openapi_schema.to_schema()
+
+
+@asynccontextmanager
+async def _read_pool(services: Services) -> AsyncIterator[asyncpg.Pool]:
+    try:
+        pool = await asyncpg.create_pool(
+            services.database.url,
+            min_size=_POOL_MIN_SIZE,
+            max_size=_POOL_MAX_SIZE,
+            timeout=_CONNECT_TIMEOUT_SECONDS,
+        )
+    except (OSError, asyncpg.PostgresError) as error:
+        raise StoreUnavailableError(
+            f"cannot open the read pool on {services.database.redacted}: {error}; check "
+            "LEDGER_DATABASE_URL and that the server runs"
+        ) from error
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@asynccontextmanager
+async def _projector_task(
+    services: Services, enabled: bool
+) -> AsyncIterator[asyncio.Task[None] | None]:
+    if not enabled:
+        yield None
+        return
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        projector.run_projector(services.database, services.settings, stop=stop),
+        name="ledger-projector",
+    )
+    task.add_done_callback(_log_projector_exit)
+    try:
+        yield task
+    finally:
+        # Ask the projector to finish its batch, then cancel it if it does not.
+        # A failure of the task was already logged by its done callback.
+        stop.set()
+        done, _ = await asyncio.wait({task}, timeout=_PROJECTOR_STOP_SECONDS)
+        if not done:
+            _log.warning("projector_stop_timed_out", seconds=_PROJECTOR_STOP_SECONDS)
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _log_projector_exit(task: asyncio.Task[None]) -> None:
+    if task.cancelled():
+        _log.info("projector_cancelled")
+    elif (error := task.exception()) is not None:
+        _log.error("projector_failed", error=type(error).__name__, exc_info=error)
+    else:
+        _log.info("projector_stopped")

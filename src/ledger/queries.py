@@ -1,0 +1,536 @@
+"""Read-side queries over the projections, shared by the HTTP API and the CLI.
+
+Every function takes an ``asyncpg.Pool`` or an ``asyncpg.Connection`` and reads
+only the read models (``statements``, ``history``); none of them touches the
+event store. Results are msgspec Structs that encode straight to JSON, and money
+leaves this module as :class:`MoneyJSON`, a decimal string with exactly the
+currency's minor-unit digits plus the ISO 4217 code, never as a float.
+
+Statements follow the program's calendar: the projector stores effective dates
+already in the program's time zone, so a period ``2016-03`` is simply every line
+whose effective date falls in March 2016. The opening balance of a period is
+the sum of the per-month totals before it, and the closing balance is the
+opening balance plus the period's lines.
+
+Errors are ``ledger.errors`` types: :class:`NotFoundError` for an unknown
+partner, :class:`InvalidInputError` for a malformed period, cursor or limit,
+and :class:`StoreUnavailableError` when the database cannot be reached.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import date, datetime
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from ledger.domain.money import Money
+from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableError
+
+__all__ = [
+    "DEFAULT_EVENTS_LIMIT",
+    "MAX_EVENTS_LIMIT",
+    "BalanceView",
+    "EventPage",
+    "MoneyJSON",
+    "PartnerEvent",
+    "PartnerProfile",
+    "StatementLine",
+    "StatementView",
+    "fetch_balance",
+    "fetch_partner",
+    "fetch_partner_events",
+    "fetch_statement",
+    "parse_period",
+]
+
+DEFAULT_EVENTS_LIMIT = 100
+MAX_EVENTS_LIMIT = 1000
+
+_PERIOD_PATTERN = re.compile(r"(\d{4})-(\d{2})")
+
+# A pool, or one connection that a caller already acquired (the CLI, a test).
+Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
+
+
+class MoneyJSON(msgspec.Struct, frozen=True):
+    """Money as JSON: ``{"amount": "47.43", "currency": "USD"}``.
+
+    Attributes:
+        amount: Decimal string with exactly the currency's minor-unit digits
+            (``"47.43"`` USD, ``"4743"`` JPY, ``"47.430"`` BHD), signed.
+        currency: ISO 4217 code.
+    """
+
+    amount: str
+    currency: str
+
+    @classmethod
+    def from_money(cls, money: Money) -> MoneyJSON:
+        """Return ``money`` formatted with its currency's minor-unit digits."""
+        return cls(amount=money.format(), currency=money.currency)
+
+    @classmethod
+    def from_minor(cls, amount_minor: int, currency: str) -> MoneyJSON:
+        """Return ``amount_minor`` minor units of ``currency`` as JSON money."""
+        return cls.from_money(Money(int(amount_minor), currency.strip()))
+
+
+class PartnerProfile(msgspec.Struct, frozen=True, kw_only=True):
+    """A partner as the ``statements`` projection shows it.
+
+    Attributes:
+        partner_id: The partner's id.
+        program_id: The program the partner is enrolled in.
+        program_name: Display name of that program.
+        currency: ISO 4217 code the program pays in.
+        time_zone: IANA zone of the program's dates and statement periods.
+        display_name: The partner's display name.
+        region: Sales region, empty when unknown.
+        channel_manager: Channel manager responsible, empty when unknown.
+        tier: Current tier.
+        enrolled_on: Effective date of the enrollment.
+        enrolled_at: When the enrollment was recorded (UTC).
+        position: Event store position of the last event that changed this profile.
+    """
+
+    partner_id: str
+    program_id: str
+    program_name: str
+    currency: str
+    time_zone: str
+    display_name: str
+    region: str
+    channel_manager: str
+    tier: str
+    enrolled_on: date
+    enrolled_at: datetime
+    position: int
+
+
+class BalanceView(msgspec.Struct, frozen=True, kw_only=True):
+    """A partner's running balance in the program currency.
+
+    Attributes:
+        partner_id: The partner's id.
+        program_id: The partner's program.
+        balance: ``earned - reversed + adjusted``.
+        earned: Total of all earnings, positive.
+        reversed: Total of all reversals, positive.
+        adjusted: Signed total of manual credits and debits.
+        line_count: Number of statement lines behind the balance.
+        position: Event store position of the last event that changed the
+            balance, 0 when the partner has no lines yet.
+    """
+
+    partner_id: str
+    program_id: str
+    balance: MoneyJSON
+    earned: MoneyJSON
+    reversed: MoneyJSON
+    adjusted: MoneyJSON
+    line_count: int
+    position: int
+
+
+class StatementLine(msgspec.Struct, frozen=True, kw_only=True):
+    """One money-moving event on a statement.
+
+    Attributes:
+        effective_date: Date the line counts for, in the program's time zone.
+        kind: ``earning``, ``reversal`` or ``adjustment``.
+        source_ref: Source reference of the activity, or the adjustment's reference.
+        amount: Signed amount: earnings and credits positive, reversals and debits negative.
+        explanation: How the amount was reached (rule, base, rate, rounding,
+            reason, actor); money values in it are decimal strings.
+        position: Event store position of the event behind the line.
+        recorded_at: When the event was recorded (UTC).
+    """
+
+    effective_date: date
+    kind: str
+    source_ref: str
+    amount: MoneyJSON
+    explanation: dict[str, Any]
+    position: int
+    recorded_at: datetime
+
+
+class StatementView(msgspec.Struct, frozen=True, kw_only=True):
+    """A partner's statement for one calendar month.
+
+    ``closing_balance`` always equals ``opening_balance`` plus the sum of
+    ``lines``, because all three are read in one snapshot.
+
+    Attributes:
+        partner_id: The partner's id.
+        program_id: The partner's program.
+        period: The month, ``YYYY-MM``.
+        currency: ISO 4217 code of every amount on the statement.
+        opening_balance: Sum of every line effective before the period.
+        closing_balance: Opening balance plus the period's lines.
+        lines: The period's lines, by effective date then position.
+    """
+
+    partner_id: str
+    program_id: str
+    period: str
+    currency: str
+    opening_balance: MoneyJSON
+    closing_balance: MoneyJSON
+    lines: list[StatementLine]
+
+
+class PartnerEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One event in a partner's history.
+
+    Attributes:
+        position: Event store position; the cursor of the history.
+        event_type: Event class, such as ``Earning.Earned``.
+        event_id: Id of the stream (aggregate) the event belongs to.
+        event_version: Version of the event within its stream.
+        effective_date: Business date of the event, when it has one.
+        recorded_at: When the event was recorded (UTC).
+        actor: Who issued the command.
+        correlation_id: Request or job id shared by the command's events.
+        source_ref: Source reference or idempotency key, empty when none.
+        data: The event's own fields.
+    """
+
+    position: int
+    event_type: str
+    event_id: UUID
+    event_version: int
+    effective_date: date | None
+    recorded_at: datetime
+    actor: str
+    correlation_id: str
+    source_ref: str
+    data: dict[str, Any]
+
+
+class EventPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a partner's history.
+
+    Attributes:
+        partner_id: The partner's id.
+        events: Events with a position after the request's cursor, in position order.
+        next_cursor: Pass as ``after`` to read the next page; ``None`` when
+            this page reached the end of the history.
+    """
+
+    partner_id: str
+    events: list[PartnerEvent]
+    next_cursor: int | None
+
+
+def parse_period(text: str, *, field: str = "period") -> date:
+    """Return the first day of the month ``text`` (``YYYY-MM``).
+
+    Raises:
+        InvalidInputError: ``text`` is not a year and a month from 01 to 12.
+    """
+    match = _PERIOD_PATTERN.fullmatch(text)
+    if match is None or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1:
+        raise InvalidInputError(
+            f"period {text!r} is not a calendar month; write it as YYYY-MM with a month "
+            "from 01 to 12, such as 2016-03",
+            field=field,
+            value=text,
+        )
+    return date(int(match.group(1)), int(match.group(2)), 1)
+
+
+def _next_month(start: date) -> date:
+    if start.month == 12:
+        return date(start.year + 1, 1, 1)
+    return date(start.year, start.month + 1, 1)
+
+
+def _unknown_partner(partner_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"partner {partner_id!r} does not exist; check the id, or, if it was enrolled "
+        "moments ago, retry with min_position set to the enrollment's position",
+        field="partner_id",
+        value=partner_id,
+    )
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    # asyncpg returns jsonb as text unless the caller installed a codec.
+    if isinstance(value, str | bytes):
+        decoded = msgspec.json.decode(value)
+    else:
+        decoded = value
+    return dict(decoded) if isinstance(decoded, dict) else {"value": decoded}
+
+
+@contextmanager
+def _database_errors() -> Iterator[None]:
+    """Translate connection failures and missing read models into ledger errors."""
+    try:
+        yield
+    except asyncpg.UndefinedTableError as error:
+        raise StoreUnavailableError(
+            f"a read model table is missing ({error}); run `ledger migrate` to create "
+            "the projection schemas"
+        ) from error
+    except (
+        OSError,
+        TimeoutError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.TooManyConnectionsError,
+    ) as error:
+        raise StoreUnavailableError(
+            f"the read database is unavailable: {str(error).strip() or type(error).__name__}; "
+            "retry the request"
+        ) from error
+
+
+@asynccontextmanager
+async def _snapshot(executor: Executor) -> AsyncIterator[asyncpg.Connection]:
+    """Yield a connection inside a read-only repeatable-read transaction.
+
+    Queries that read several tables see one consistent state of the
+    projections. A caller's connection that is already inside a transaction
+    is used as it is, with the caller's isolation level.
+    """
+    with _database_errors():
+        if isinstance(executor, asyncpg.Pool):
+            async with (
+                executor.acquire() as conn,
+                conn.transaction(isolation="repeatable_read", readonly=True),
+            ):
+                yield conn
+        elif executor.is_in_transaction():
+            yield executor
+        else:
+            async with executor.transaction(isolation="repeatable_read", readonly=True):
+                yield executor
+
+
+async def _partner_row(conn: asyncpg.Connection, partner_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        """
+        SELECT p.partner_id, p.program_id, p.display_name, p.region, p.channel_manager,
+               p.tier, p.enrolled_on, p.enrolled_at, p.position,
+               g.name AS program_name, g.currency, g.time_zone
+          FROM statements.partners AS p
+          JOIN statements.programs AS g USING (program_id)
+         WHERE p.partner_id = $1
+        """,
+        partner_id,
+    )
+    if row is None:
+        raise _unknown_partner(partner_id)
+    return row
+
+
+async def fetch_partner(executor: Executor, partner_id: str) -> PartnerProfile:
+    """Return the profile of ``partner_id``.
+
+    Raises:
+        NotFoundError: The partner is not in the ``statements`` projection.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    async with _snapshot(executor) as conn:
+        row = await _partner_row(conn, partner_id)
+    return PartnerProfile(
+        partner_id=row["partner_id"],
+        program_id=row["program_id"],
+        program_name=row["program_name"],
+        currency=row["currency"].strip(),
+        time_zone=row["time_zone"],
+        display_name=row["display_name"],
+        region=row["region"],
+        channel_manager=row["channel_manager"],
+        tier=row["tier"],
+        enrolled_on=row["enrolled_on"],
+        enrolled_at=row["enrolled_at"],
+        position=row["position"],
+    )
+
+
+async def fetch_balance(executor: Executor, partner_id: str) -> BalanceView:
+    """Return the balance of ``partner_id`` in its program's currency.
+
+    A partner without statement lines has a zero balance.
+
+    Raises:
+        NotFoundError: The partner is not in the ``statements`` projection.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    async with _snapshot(executor) as conn:
+        partner = await _partner_row(conn, partner_id)
+        currency = partner["currency"].strip()
+        row = await conn.fetchrow(
+            """
+            SELECT earned_minor, reversed_minor, adjusted_minor, balance_minor,
+                   line_count, position
+              FROM statements.balances
+             WHERE partner_id = $1 AND currency = $2
+            """,
+            partner_id,
+            currency,
+        )
+    values = dict(row) if row is not None else {}
+    return BalanceView(
+        partner_id=partner_id,
+        program_id=partner["program_id"],
+        balance=MoneyJSON.from_minor(values.get("balance_minor", 0), currency),
+        earned=MoneyJSON.from_minor(values.get("earned_minor", 0), currency),
+        reversed=MoneyJSON.from_minor(values.get("reversed_minor", 0), currency),
+        adjusted=MoneyJSON.from_minor(values.get("adjusted_minor", 0), currency),
+        line_count=values.get("line_count", 0),
+        position=values.get("position", 0),
+    )
+
+
+async def fetch_statement(executor: Executor, partner_id: str, period: str) -> StatementView:
+    """Return the statement of ``partner_id`` for the month ``period`` (``YYYY-MM``).
+
+    The opening balance sums one ``period_totals`` row per earlier month, so
+    its cost does not grow with the partner's number of lines.
+
+    Raises:
+        InvalidInputError: ``period`` is not ``YYYY-MM``.
+        NotFoundError: The partner is not in the ``statements`` projection.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    start = parse_period(period)
+    end = _next_month(start)
+    async with _snapshot(executor) as conn:
+        # The partner row fixes the currency, so a partner without lines
+        # still gets a statement in its program currency.
+        partner = await _partner_row(conn, partner_id)
+        currency = partner["currency"].strip()
+
+        opening_minor = await conn.fetchval(
+            """
+            SELECT coalesce(sum(amount_minor), 0)
+              FROM statements.period_totals
+             WHERE partner_id = $1 AND currency = $2 AND period < $3
+            """,
+            partner_id,
+            currency,
+            start,
+        )
+
+        rows = await conn.fetch(
+            """
+            SELECT effective_date, kind, source_ref, amount_minor, explanation,
+                   position, recorded_at
+              FROM statements.statement_lines
+             WHERE partner_id = $1 AND currency = $2
+               AND effective_date >= $3 AND effective_date < $4
+             ORDER BY effective_date, position
+            """,
+            partner_id,
+            currency,
+            start,
+            end,
+        )
+
+    lines = [
+        StatementLine(
+            effective_date=row["effective_date"],
+            kind=row["kind"],
+            source_ref=row["source_ref"],
+            amount=MoneyJSON.from_minor(row["amount_minor"], currency),
+            explanation=_json_object(row["explanation"]),
+            position=row["position"],
+            recorded_at=row["recorded_at"],
+        )
+        for row in rows
+    ]
+    closing_minor = int(opening_minor) + sum(int(row["amount_minor"]) for row in rows)
+    return StatementView(
+        partner_id=partner_id,
+        program_id=partner["program_id"],
+        period=f"{start.year:04d}-{start.month:02d}",
+        currency=currency,
+        opening_balance=MoneyJSON.from_minor(int(opening_minor), currency),
+        closing_balance=MoneyJSON.from_minor(closing_minor, currency),
+        lines=lines,
+    )
+
+
+async def fetch_partner_events(
+    executor: Executor,
+    partner_id: str,
+    after: int | None = None,
+    limit: int = DEFAULT_EVENTS_LIMIT,
+) -> EventPage:
+    """Return up to ``limit`` events of ``partner_id`` with a position after ``after``.
+
+    Positions are unique and increase in commit order, so paging with
+    ``next_cursor`` never repeats or skips an event.
+
+    Raises:
+        InvalidInputError: ``limit`` is outside 1..1000 or ``after`` is negative.
+        NotFoundError: The ``history`` projection has no event of the partner.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    if not 1 <= limit <= MAX_EVENTS_LIMIT:
+        raise InvalidInputError(
+            f"limit {limit} is out of range; ask for 1 to {MAX_EVENTS_LIMIT} events per page",
+            field="limit",
+            value=limit,
+        )
+    if after is not None and after < 0:
+        raise InvalidInputError(
+            f"cursor {after} is negative; pass the next_cursor of the previous page, "
+            "or leave it out to start at the first event",
+            field="after",
+            value=after,
+        )
+
+    async with _snapshot(executor) as conn:
+        # Fetching one row more than the limit shows whether another page follows.
+        rows = await conn.fetch(
+            """
+            SELECT position, event_type, event_id, event_version, effective_date,
+                   recorded_at, actor, correlation_id, source_ref, data
+              FROM history.partner_events
+             WHERE partner_id = $1 AND position > $2
+             ORDER BY position
+             LIMIT $3
+            """,
+            partner_id,
+            after or 0,
+            limit + 1,
+        )
+        if not rows:
+            # Every partner's history starts with its enrollment, so a partner
+            # with no event at all is unknown, not merely at the end.
+            known = await conn.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM history.partner_events WHERE partner_id = $1)",
+                partner_id,
+            )
+            if not known:
+                raise _unknown_partner(partner_id)
+
+    page = rows[:limit]
+    events = [
+        PartnerEvent(
+            position=row["position"],
+            event_type=row["event_type"],
+            event_id=row["event_id"],
+            event_version=row["event_version"],
+            effective_date=row["effective_date"],
+            recorded_at=row["recorded_at"],
+            actor=row["actor"],
+            correlation_id=row["correlation_id"],
+            source_ref=row["source_ref"],
+            data=_json_object(row["data"]),
+        )
+        for row in page
+    ]
+    next_cursor = page[-1]["position"] if len(rows) > limit else None
+    return EventPage(partner_id=partner_id, events=events, next_cursor=next_cursor)
