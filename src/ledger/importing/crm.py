@@ -1,0 +1,709 @@
+"""Import the CRM sales-opportunities CSV files into a program.
+
+The folder contains ``sales_teams.csv`` (one sales agent per row),
+``products.csv`` (product name and series) and ``sales_pipeline.csv`` (one
+opportunity per row). The import:
+
+1. enrolls one partner per agent, with id ``darcel-schlecht`` for
+   ``Darcel Schlecht``, effective on the program's first rule set's date;
+2. turns each opportunity into activities: ``pipeline_engaged`` on its
+   ``engage_date`` (stages Engaging, Won and Lost) and, for a Won deal,
+   ``deal_won`` on its ``close_date`` with ``close_value`` USD as the base;
+3. records them in batches with :meth:`LedgerApplication.record_activities`.
+
+Every row is decoded and priced against the program before anything is
+written, so a rejected row writes nothing and never stops the rest of the
+import. Source references (``<opportunity_id>:won``, ``<opportunity_id>:engaged``)
+make a second run over the same files record nothing new.
+
+Row numbers in errors count the header as row 1, as a spreadsheet shows them.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from ledger.application.commands import CommandContext, EnrollPartner, RecordActivity
+from ledger.application.service import LedgerApplication
+from ledger.domain.money import Money
+from ledger.domain.partner import check_partner_id
+from ledger.domain.program import Program
+from ledger.domain.rules import compute_reward
+from ledger.errors import ConflictError, InvalidInputError, LedgerError, NotFoundError
+
+__all__ = [
+    "CRM_PROGRAM_ID",
+    "DEAL_WON",
+    "DEFAULT_BATCH_SIZE",
+    "PIPELINE_ENGAGED",
+    "ImportReport",
+    "RowError",
+    "import_crm_opportunities",
+    "partner_id_for_agent",
+    "write_error_file",
+]
+
+CRM_PROGRAM_ID = "crm-channel"
+DEAL_WON = "deal_won"
+PIPELINE_ENGAGED = "pipeline_engaged"
+IMPORT_ACTOR = "import:crm"
+
+PIPELINE_FILE = "sales_pipeline.csv"
+TEAMS_FILE = "sales_teams.csv"
+PRODUCTS_FILE = "products.csv"
+
+PIPELINE_COLUMNS = (
+    "opportunity_id",
+    "sales_agent",
+    "product",
+    "account",
+    "deal_stage",
+    "engage_date",
+    "close_date",
+    "close_value",
+)
+TEAMS_COLUMNS = ("sales_agent", "manager", "regional_office")
+PRODUCTS_COLUMNS = ("product", "series")
+
+# close_value is whole US dollars, because the data has no currency column.
+CRM_CURRENCY = "USD"
+
+# Activities decoded and checked per call to record_activities, which saves
+# them in transactions of at most 200 earnings.
+DEFAULT_BATCH_SIZE = 1000
+
+_ENGAGED_STAGES = {"Engaging", "Won", "Lost"}
+_NOT_REWARDABLE_STAGES = {"Prospecting"}
+_ISO_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+# CSV column behind each application error field, per activity type.
+_COLUMN_OF_FIELD: dict[str, dict[str, str]] = {
+    DEAL_WON: {
+        "effective_date": "close_date",
+        "base_amount": "close_value",
+        "base_amount.amount": "close_value",
+        "base_amount.currency": "close_value",
+        "activity_type": "product",
+    },
+    PIPELINE_ENGAGED: {"effective_date": "engage_date", "activity_type": "product"},
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RowError:
+    """One problem with one CSV row, as written to the error file.
+
+    Attributes:
+        file: CSV file name, such as ``sales_pipeline.csv``.
+        row: Row number in that file, the header being row 1.
+        source_ref: Source reference of the activity at fault, or the
+            opportunity id or partner id when the whole row is at fault.
+        field: CSV column at fault, empty when the row as a whole is.
+        value: The rejected value.
+        message: What is wrong and how to fix it.
+        conflict: True when the source reference was recorded before with
+            other content; such a row is counted in ``conflicts``, not in
+            ``rejected_rows``. The error file does not carry this column.
+    """
+
+    file: str
+    row: int
+    source_ref: str
+    field: str
+    value: str
+    message: str
+    conflict: bool = False
+
+
+@dataclass
+class ImportReport:
+    """Counts and row errors of one import run.
+
+    ``recorded``, ``already_recorded`` and ``conflicts`` count activities (a
+    Won row has two); ``not_rewardable`` and ``rejected_rows`` count pipeline
+    rows. ``errors`` lists every problem, conflicts included.
+
+    Attributes:
+        correlation_id: Id shared by every event this run wrote.
+        rows: Data rows read from the pipeline file.
+        recorded: Activities recorded by this run.
+        already_recorded: Activities found recorded before with identical content.
+        conflicts: Activities whose source reference was recorded before with
+            other content; nothing was written for them.
+        not_rewardable: Rows with nothing to reward (Prospecting stage).
+        rejected_rows: Rows of any file rejected before writing, or whose
+            activity the application rejected for a reason other than a conflict.
+        partners_enrolled: Partners enrolled by this run.
+        partners_already_enrolled: Partners found enrolled with identical details.
+        recorded_by_type: ``recorded`` split by activity type.
+        recorded_amount: Sum of the rewards recorded by this run.
+        errors: Every row error, in file and row order.
+    """
+
+    correlation_id: str
+    currency: str
+    rows: int = 0
+    recorded: int = 0
+    already_recorded: int = 0
+    conflicts: int = 0
+    not_rewardable: int = 0
+    rejected_rows: int = 0
+    partners_enrolled: int = 0
+    partners_already_enrolled: int = 0
+    recorded_by_type: Counter[str] = field(default_factory=Counter)
+    recorded_amount_minor: int = 0
+    errors: list[RowError] = field(default_factory=list)
+
+    @property
+    def recorded_amount(self) -> Money:
+        """Sum of the rewards recorded by this run, in the program currency."""
+        return Money(self.recorded_amount_minor, self.currency)
+
+
+@dataclass(frozen=True, slots=True)
+class _Agent:
+    partner_id: str
+    enrolled_on: date
+
+
+@dataclass(frozen=True, slots=True)
+class _Product:
+    name: str
+    series: str
+
+
+@dataclass
+class _PipelineRow:
+    """A decoded pipeline row: its activities, or the errors that reject it."""
+
+    number: int
+    opportunity_id: str
+    commands: list[RecordActivity] = field(default_factory=list)
+    errors: list[RowError] = field(default_factory=list)
+    not_rewardable: bool = False
+
+
+def partner_id_for_agent(agent: str) -> str:
+    """Return the partner id of a sales agent: lower case, spaces as hyphens.
+
+    >>> partner_id_for_agent("Darcel Schlecht")
+    'darcel-schlecht'
+    """
+    return "-".join(agent.lower().split())
+
+
+def import_crm_opportunities(
+    app: LedgerApplication,
+    data_dir: Path,
+    *,
+    program_id: str = CRM_PROGRAM_ID,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    context: CommandContext | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ImportReport:
+    """Enroll the CRM agents and record their pipeline activities in ``program_id``.
+
+    Args:
+        app: The command side.
+        data_dir: Folder with ``sales_pipeline.csv``, ``sales_teams.csv`` and ``products.csv``.
+        program_id: Program to import into; it must be published and pay in USD.
+        batch_size: Activities per ``record_activities`` call, each one transaction.
+        context: Actor and correlation id; defaults to actor ``import:crm`` and
+            a new UUID per call.
+        progress: Called with (pipeline rows done, pipeline rows total) after
+            each batch.
+
+    Returns:
+        Counts per outcome and every row error. Running again over the same
+        files records nothing and counts every activity as already recorded.
+
+    Raises:
+        InvalidInputError: A file is missing, unreadable or lacks a required
+            column, the program does not pay in USD, or ``batch_size`` < 1.
+        NotFoundError: The program is not published.
+        StoreUnavailableError: The database failed mid-import; batches written
+            before stay written, and running the import again completes it.
+    """
+    if batch_size < 1:
+        raise InvalidInputError(
+            f"batch size {batch_size} is not positive; use 1 or more, such as 500",
+            field="batch_size",
+            value=batch_size,
+        )
+    context = context or CommandContext(actor=IMPORT_ACTOR, correlation_id=str(uuid.uuid4()))
+
+    # Read every file first, so a missing file or column fails before any write.
+    teams = _read_csv(data_dir, TEAMS_FILE, TEAMS_COLUMNS)
+    products_rows = _read_csv(data_dir, PRODUCTS_FILE, PRODUCTS_COLUMNS)
+    pipeline = _read_csv(data_dir, PIPELINE_FILE, PIPELINE_COLUMNS)
+
+    # Check the program: it prices the rows, and its first rule set dates the enrollments.
+    program = _load_program(app, program_id)
+    report = ImportReport(correlation_id=context.correlation_id, currency=program.currency)
+    for table in (teams, products_rows, pipeline):
+        report.errors.extend(table.errors)
+
+    # Enroll the agents, then decode products, so pipeline rows can be checked against both.
+    agents = _enroll_agents(app, program, teams.rows, context, report)
+    products = _decode_products(products_rows.rows, report)
+
+    # Decode and record the pipeline in batches of about batch_size activities.
+    report.rows = len(pipeline.rows) + len(pipeline.errors)
+    rows_done = len(pipeline.errors)
+    batch: list[_PipelineRow] = []
+    pending = 0
+    for number, values in pipeline.rows:
+        decoded = _decode_pipeline_row(number, values, agents, products, program)
+        rows_done += 1
+        if decoded.errors:
+            report.errors.extend(decoded.errors)
+            continue
+        if decoded.not_rewardable:
+            report.not_rewardable += 1
+            continue
+        batch.append(decoded)
+        pending += len(decoded.commands)
+        if pending >= batch_size:
+            _record_batch(app, program_id, batch, context, report)
+            batch, pending = [], 0
+            if progress is not None:
+                progress(rows_done, report.rows)
+    if batch:
+        _record_batch(app, program_id, batch, context, report)
+    if progress is not None:
+        progress(report.rows, report.rows)
+
+    # Count rejected rows once each, however many errors a row has.
+    report.errors.sort(key=lambda error: (error.file, error.row))
+    rejected = {(error.file, error.row) for error in report.errors if not error.conflict}
+    report.rejected_rows = len(rejected)
+    return report
+
+
+def write_error_file(path: Path, errors: Iterable[RowError]) -> int:
+    """Write ``errors`` as CSV (file, row, source_ref, field, value, message); return the count."""
+    count = 0
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "row", "source_ref", "field", "value", "message"])
+        for error in errors:
+            writer.writerow(
+                [error.file, error.row, error.source_ref, error.field, error.value, error.message]
+            )
+            count += 1
+    return count
+
+
+# Reading ------------------------------------------------------------------
+
+
+@dataclass
+class _Table:
+    rows: list[tuple[int, dict[str, str]]]
+    errors: list[RowError]
+
+
+def _read_csv(folder: Path, name: str, required: Sequence[str]) -> _Table:
+    """Read a CSV file with or without a UTF-8 byte order mark and check its header."""
+    path = folder / name
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            records = list(csv.reader(handle))
+    except FileNotFoundError:
+        raise InvalidInputError(
+            f"{name} not found in {str(folder)!r}; pass the folder that contains "
+            f"{PIPELINE_FILE}, {TEAMS_FILE} and {PRODUCTS_FILE}",
+            field="file",
+            value=str(path),
+        ) from None
+    except UnicodeDecodeError as error:
+        raise InvalidInputError(
+            f"{name} is not UTF-8 text (invalid byte at offset {error.start}); "
+            "save it as UTF-8 and import again",
+            field="file",
+            value=str(path),
+        ) from None
+    except csv.Error as error:
+        raise InvalidInputError(
+            f"{name} is not a readable CSV file: {error}", field="file", value=str(path)
+        ) from None
+    except OSError as error:
+        raise InvalidInputError(
+            f"cannot read {name}: {error.strerror}", field="file", value=str(path)
+        ) from None
+
+    # Check the header: every required column, once.
+    if not records or not any(cell.strip() for cell in records[0]):
+        raise InvalidInputError(
+            f"{name} has no header row; its first line must name the columns {', '.join(required)}",
+            field="file",
+            value=str(path),
+        )
+    header = [cell.strip() for cell in records[0]]
+    for column in required:
+        if column not in header:
+            raise InvalidInputError(
+                f"{name} has no column {column!r}; its header must name the columns "
+                f"{', '.join(required)} (found {', '.join(header)})",
+                field=column,
+                value=str(path),
+            )
+    duplicated = sorted({column for column in header if header.count(column) > 1})
+    if duplicated:
+        raise InvalidInputError(
+            f"{name} names column {duplicated[0]!r} more than once; keep one",
+            field=duplicated[0],
+            value=str(path),
+        )
+
+    # Pair each data row with its header. A blank line is skipped but still counted.
+    table = _Table(rows=[], errors=[])
+    for number, record in enumerate(records[1:], start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(record) != len(header):
+            table.errors.append(
+                RowError(
+                    name,
+                    number,
+                    record[0].strip() if record else "",
+                    "",
+                    ",".join(record),
+                    f"row has {len(record)} fields but the header has {len(header)}; "
+                    "quote values that contain commas",
+                )
+            )
+            continue
+        table.rows.append(
+            (number, {column: cell.strip() for column, cell in zip(header, record, strict=True)})
+        )
+    return table
+
+
+def _load_program(app: LedgerApplication, program_id: str) -> Program:
+    try:
+        program = app.get_program(program_id)
+    except NotFoundError:
+        raise NotFoundError(
+            f"program {program_id!r} does not exist; publish it first, for example with "
+            "ledger program publish examples/programs/crm-channel.toml",
+            field="program",
+            value=program_id,
+        ) from None
+    if program.currency != CRM_CURRENCY:
+        raise InvalidInputError(
+            f"program {program_id!r} pays in {program.currency}, but close_value in "
+            f"{PIPELINE_FILE} is {CRM_CURRENCY}; import into a program that pays in "
+            f"{CRM_CURRENCY}",
+            field="program",
+            value=program_id,
+        )
+    if not program.rule_sets:
+        raise InvalidInputError(
+            f"program {program_id!r} has no rule set, so no enrollment date; publish "
+            "its program file with at least one [[rule_sets]] table",
+            field="program",
+            value=program_id,
+        )
+    return program
+
+
+# Partners and products ------------------------------------------------------
+
+
+def _enroll_agents(
+    app: LedgerApplication,
+    program: Program,
+    rows: Sequence[tuple[int, dict[str, str]]],
+    context: CommandContext,
+    report: ImportReport,
+) -> dict[str, _Agent]:
+    """Enroll one partner per agent row; return the usable agents by name."""
+    first = min(program.rule_sets, key=lambda rule_set: rule_set.version)
+    agents: dict[str, _Agent] = {}
+    for number, values in rows:
+        name = values["sales_agent"]
+        partner_id = partner_id_for_agent(name)
+        try:
+            check_partner_id(partner_id, field="sales_agent")
+            created, _ = app.enroll_partner(
+                program.program_id,
+                EnrollPartner(
+                    partner_id=partner_id,
+                    display_name=name,
+                    effective_date=first.effective_from,
+                    region=values["regional_office"],
+                    channel_manager=values["manager"],
+                    tier="registered",
+                    source_ref=f"{TEAMS_FILE}:{partner_id}",
+                ),
+                context,
+            )
+        except ConflictError as error:
+            # The partner exists with other details, but its activities can
+            # still be recorded if it belongs to this program.
+            report.errors.append(_teams_error(number, partner_id, error))
+            existing = app.get_partner(partner_id)
+            if existing.program_id == program.program_id:
+                agents[name] = _Agent(partner_id, existing.enrolled_on)
+            continue
+        except InvalidInputError as error:
+            report.errors.append(_teams_error(number, partner_id, error))
+            continue
+        if created:
+            report.partners_enrolled += 1
+        else:
+            report.partners_already_enrolled += 1
+        agents[name] = _Agent(partner_id, first.effective_from)
+    return agents
+
+
+def _teams_error(number: int, partner_id: str, error: LedgerError) -> RowError:
+    column = {"region": "regional_office", "channel_manager": "manager"}.get(
+        error.field or "", "sales_agent"
+    )
+    return RowError(TEAMS_FILE, number, partner_id, column, error.value or "", error.message)
+
+
+def _product_key(name: str) -> str:
+    # Product names match ignoring case and spaces: GTXPro is GTX Pro.
+    return "".join(name.split()).lower()
+
+
+def _decode_products(
+    rows: Sequence[tuple[int, dict[str, str]]], report: ImportReport
+) -> dict[str, _Product]:
+    products: dict[str, _Product] = {}
+    for number, values in rows:
+        name, series = values["product"], values["series"]
+        if not name or not series:
+            column = "product" if not name else "series"
+            report.errors.append(
+                RowError(PRODUCTS_FILE, number, name, column, "", f"{column} is empty; fill it in")
+            )
+            continue
+        key = _product_key(name)
+        known = products.get(key)
+        if known is not None and known.series != series:
+            report.errors.append(
+                RowError(
+                    PRODUCTS_FILE,
+                    number,
+                    name,
+                    "product",
+                    name,
+                    f"product {name!r} is listed again with series {series!r} after "
+                    f"{known.series!r} (names match ignoring case and spaces); keep one row",
+                )
+            )
+            continue
+        products[key] = _Product(name, series)
+    return products
+
+
+# Pipeline rows --------------------------------------------------------------
+
+
+def _decode_pipeline_row(
+    number: int,
+    values: Mapping[str, str],
+    agents: Mapping[str, _Agent],
+    products: Mapping[str, _Product],
+    program: Program,
+) -> _PipelineRow:
+    """Decode one opportunity into its activities and price them without writing."""
+    opportunity_id = values["opportunity_id"]
+    row = _PipelineRow(number, opportunity_id)
+
+    def reject(column: str, message: str, source_ref: str = opportunity_id) -> None:
+        row.errors.append(
+            RowError(PIPELINE_FILE, number, source_ref, column, values.get(column, ""), message)
+        )
+
+    # Stage first, because a Prospecting row has nothing to reward whatever it contains.
+    stage = values["deal_stage"]
+    if stage in _NOT_REWARDABLE_STAGES:
+        row.not_rewardable = True
+        return row
+    if stage not in _ENGAGED_STAGES:
+        reject(
+            "deal_stage",
+            f"deal_stage {stage!r} is not one of Prospecting, Engaging, Won, Lost",
+        )
+
+    # Fields every rewardable row needs.
+    if not opportunity_id:
+        reject("opportunity_id", "opportunity_id is empty; every opportunity needs its CRM id")
+    agent = agents.get(values["sales_agent"])
+    if agent is None:
+        reject(
+            "sales_agent",
+            f"sales agent {values['sales_agent']!r} is not enrolled: add the agent to "
+            f"{TEAMS_FILE}, or fix the agent's row there if it was rejected",
+        )
+    product = products.get(_product_key(values["product"]))
+    if product is None:
+        reject(
+            "product",
+            f"product {values['product']!r} is not in {PRODUCTS_FILE} (names match "
+            "ignoring case and spaces); add it there or fix the name",
+        )
+    engage_date = _parse_date(values, "engage_date", stage, reject)
+
+    # A won deal also needs its close date and value.
+    close_date: date | None = None
+    close_value: Money | None = None
+    if stage == "Won":
+        close_date = _parse_date(values, "close_date", stage, reject)
+        close_value = _parse_close_value(values, reject)
+    if row.errors or agent is None or product is None or engage_date is None:
+        return row
+
+    # Build the activities and price each one as the application will.
+    row.commands.append(
+        RecordActivity(
+            partner_id=agent.partner_id,
+            activity_type=PIPELINE_ENGAGED,
+            source_ref=f"{opportunity_id}:engaged",
+            effective_date=engage_date,
+            attributes={"product": product.name, "series": product.series},
+        )
+    )
+    if stage == "Won":
+        assert close_date is not None and close_value is not None
+        row.commands.append(
+            RecordActivity(
+                partner_id=agent.partner_id,
+                activity_type=DEAL_WON,
+                source_ref=f"{opportunity_id}:won",
+                effective_date=close_date,
+                base_amount=close_value,
+                attributes={
+                    "product": product.name,
+                    "series": product.series,
+                    "account": values["account"],
+                },
+            )
+        )
+    for command in row.commands:
+        message = _pricing_problem(command, agent, program)
+        if message is not None:
+            column, text = message
+            reject(column, text, command.source_ref)
+    if row.errors:
+        row.commands.clear()
+    return row
+
+
+def _parse_date(
+    values: Mapping[str, str],
+    column: str,
+    stage: str,
+    reject: Callable[[str, str], None],
+) -> date | None:
+    text = values[column]
+    if not text:
+        reject(column, f"{column} is empty; a {stage} opportunity needs it, as YYYY-MM-DD")
+        return None
+    if _ISO_DATE.match(text):
+        try:
+            return date.fromisoformat(text)
+        except ValueError:
+            pass
+    reject(column, f"{column} {text!r} is not a valid date; write it as YYYY-MM-DD")
+    return None
+
+
+def _parse_close_value(
+    values: Mapping[str, str], reject: Callable[[str, str], None]
+) -> Money | None:
+    text = values["close_value"]
+    if not text:
+        reject("close_value", "close_value is empty; a Won opportunity needs it, in US dollars")
+        return None
+    try:
+        amount = Money.parse(text, CRM_CURRENCY, field="close_value")
+    except InvalidInputError as error:
+        reject("close_value", error.message)
+        return None
+    if amount.amount_minor < 0:
+        reject("close_value", f"close_value {text} is negative; a won deal has a positive value")
+        return None
+    return amount
+
+
+def _pricing_problem(
+    command: RecordActivity, agent: _Agent, program: Program
+) -> tuple[str, str] | None:
+    """Return (column, message) if the application would reject the activity, else None."""
+    columns = _COLUMN_OF_FIELD[command.activity_type]
+    if command.effective_date < agent.enrolled_on:
+        message = (
+            f"{columns['effective_date']} {command.effective_date.isoformat()} is before "
+            f"partner {agent.partner_id!r} enrolled on {agent.enrolled_on.isoformat()}, "
+            "the date the program's first rule set takes effect"
+        )
+        return columns["effective_date"], message
+    try:
+        compute_reward(
+            program.rule_set_on(command.effective_date),
+            currency=program.currency,
+            rounding=program.rounding,
+            activity_type=command.activity_type,
+            attributes=command.attributes,
+            base=command.base_amount,
+        )
+    except LedgerError as error:
+        return columns.get(error.field or "", "product"), error.message
+    return None
+
+
+# Writing --------------------------------------------------------------------
+
+
+def _record_batch(
+    app: LedgerApplication,
+    program_id: str,
+    rows: Sequence[_PipelineRow],
+    context: CommandContext,
+    report: ImportReport,
+) -> None:
+    """Record the activities of ``rows`` in one call and count each outcome."""
+    commands = [command for row in rows for command in row.commands]
+    owners = [row for row in rows for _ in row.commands]
+    items = app.record_activities(program_id, commands, context)
+    for command, row, item in zip(commands, owners, items, strict=True):
+        if item.outcome is not None:
+            if item.outcome.created:
+                report.recorded += 1
+                report.recorded_by_type[command.activity_type] += 1
+                report.recorded_amount_minor += item.outcome.earning.amount.amount_minor
+            else:
+                report.already_recorded += 1
+            continue
+        assert item.error is not None
+        error = item.error
+        conflict = isinstance(error, ConflictError)
+        if conflict:
+            report.conflicts += 1
+        # NOTE: the application rejects activities one by one, so when only one
+        # of a Won row's two activities is rejected here (a conflict, in
+        # practice), the other one is still recorded.
+        report.errors.append(
+            RowError(
+                PIPELINE_FILE,
+                row.number,
+                command.source_ref,
+                _COLUMN_OF_FIELD[command.activity_type].get(error.field or "", ""),
+                error.value or "",
+                error.message,
+                conflict,
+            )
+        )
