@@ -10,6 +10,7 @@ never see each other's events.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +32,16 @@ PROGRAM_FILE = Path(__file__).resolve().parents[1] / "examples" / "programs" / "
 
 
 @pytest.fixture(scope="session")
-def database_server(tmp_path_factory: pytest.TempPathFactory) -> DatabaseUrl:
+def database_server() -> DatabaseUrl:
     """URL of the PostgreSQL server the tests run against (its maintenance database)."""
     external = os.environ.get("LEDGER_TEST_DATABASE_URL")
     if external:
         return DatabaseUrl.parse(external)
-    return start_embedded_server(tmp_path_factory.mktemp("embedded-postgres"))
+    # A folder of its own rather than pytest's tmp_path: pytest prunes old
+    # tmp_path folders, which would pull the data folder from under a server
+    # that another concurrent pytest session still runs.
+    folder = Path(tempfile.mkdtemp(prefix="ledger-test-postgres-"))
+    return start_embedded_server(folder, delete_on_exit=True)
 
 
 def _create_database(server: DatabaseUrl, name: str, template: str | None = None) -> DatabaseUrl:

@@ -63,6 +63,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             value = env.get(variable)
             if value:
                 raw[field] = value
+        # msgspec does not convert text to Path, so the folder is set afterwards.
+        data_dir = raw.pop("data_dir", None)
         try:
             settings = msgspec.convert(raw, cls, strict=False)
         except msgspec.ValidationError as error:
@@ -73,6 +75,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 field=variable,
                 value=raw.get(field),
             ) from None
+        if data_dir is not None:
+            settings = msgspec.structs.replace(settings, data_dir=Path(str(data_dir)))
         if settings.log_format not in {"auto", "json", "console"}:
             raise InvalidInputError(
                 f"LEDGER_LOG_FORMAT is {settings.log_format!r}; use auto, json or console",

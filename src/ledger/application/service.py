@@ -64,6 +64,16 @@ _T = TypeVar("_T")
 # Attempts for a command that lost a race on a stream it appends to.
 _MAX_APPEND_ATTEMPTS = 5
 
+# Earnings saved per transaction by record_activities. psycopg 3.3's pipeline
+# mode, which eventsourcing's recorder uses, hung on this machine when one
+# insert message reached about 1 MB over a Unix socket (the embedded server's
+# only transport); 200 CRM earnings encode to roughly 150 kB.
+_SAVE_CHUNK = 200
+
+# Limits on an activity's attributes, which are stored on every earning event.
+_MAX_ATTRIBUTES = 50
+_MAX_ATTRIBUTE_LENGTH = 500
+
 
 @dataclass(frozen=True, slots=True)
 class BatchItem:
@@ -317,11 +327,13 @@ class LedgerApplication(Application[UUID]):
         commands: Sequence[RecordActivity],
         context: CommandContext,
     ) -> list[BatchItem]:
-        """Record many activities, all new ones in one transaction.
+        """Record many activities, saving new ones in transactions of up to 200.
 
         Each command gets its own outcome or error, in order. A command whose
         source reference already exists is compared, not written; invalid
-        commands are reported and nothing is written for them.
+        commands are reported and nothing is written for them. Each earning is
+        its own stream, so a failure between two transactions leaves whole
+        earnings, and running the batch again records only the missing ones.
 
         Raises:
             NotFoundError: The program does not exist.
@@ -372,16 +384,15 @@ class LedgerApplication(Application[UUID]):
             except LedgerError as error:
                 items[index] = BatchItem(None, error)
 
-        if new:
-            recordings = self.save(*(earning for _, earning in new))
-            positions = {r.domain_event.originator_id: r.notification.id for r in recordings}
-            for index, earning in new:
-                items[index] = BatchItem(
-                    ActivityOutcome(
-                        True, _aggregate_view(earning), positions[earning.id]
-                    ),
-                    None,
-                )
+        positions: dict[UUID, int] = {}
+        for start in range(0, len(new), _SAVE_CHUNK):
+            chunk = [earning for _, earning in new[start : start + _SAVE_CHUNK]]
+            for recording in self.save(*chunk):
+                positions[recording.domain_event.originator_id] = recording.notification.id
+        for index, earning in new:
+            items[index] = BatchItem(
+                ActivityOutcome(True, _aggregate_view(earning), positions[earning.id]), None
+            )
 
         for index, command in enumerate(commands):
             if items[index] is None:
@@ -409,6 +420,7 @@ class LedgerApplication(Application[UUID]):
                 "source_ref is empty; send the id of the activity in its source system",
                 field="source_ref",
             )
+        _check_attributes(command.attributes)
         partner = partners.get(command.partner_id)
         if partner is None:
             raise NotFoundError(
@@ -713,6 +725,22 @@ def _rounding(value: str) -> RoundingMode:
             field="rounding",
             value=value,
         ) from None
+
+
+def _check_attributes(attributes: Mapping[str, str]) -> None:
+    if len(attributes) > _MAX_ATTRIBUTES:
+        raise InvalidInputError(
+            f"the activity has {len(attributes)} attributes; send at most {_MAX_ATTRIBUTES}",
+            field="attributes",
+        )
+    for key, value in attributes.items():
+        if not key or len(key) > _MAX_ATTRIBUTE_LENGTH or len(value) > _MAX_ATTRIBUTE_LENGTH:
+            raise InvalidInputError(
+                f"attribute {key[:50]!r} must have a name and a value of 1 to "
+                f"{_MAX_ATTRIBUTE_LENGTH} characters",
+                field=f"attributes.{key[:50]}",
+                value=value[:50],
+            )
 
 
 def _check_key(key: str) -> None:

