@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from datetime import date
 from decimal import Decimal
@@ -319,7 +320,7 @@ def base_splits(draw: st.DrawFn) -> tuple[int, list[int]]:
         else st.just([])
     )
     edges = [0, *sorted(cuts), base_minor]
-    return base_minor, [high - low for low, high in zip(edges, edges[1:], strict=False)]
+    return base_minor, [high - low for low, high in itertools.pairwise(edges)]
 
 
 @given(

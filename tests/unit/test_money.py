@@ -241,7 +241,7 @@ def test_apply_rate_tie_depends_on_mode() -> None:
 
 @pytest.mark.parametrize(
     ("unrounded", "down", "up"),
-    [(Decimal("12.01"), 12, 13), (Decimal("-12.01"), -12, -13), (Decimal("7"), 7, 7)],
+    [(Decimal("12.01"), 12, 13), (Decimal("-12.01"), -12, -13), (Decimal(7), 7, 7)],
 )
 def test_down_and_up_rounding(
     unrounded: Decimal, down: int, up: int

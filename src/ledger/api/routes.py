@@ -13,10 +13,9 @@ application state, which :func:`ledger.api.app.create_app` fills in.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Annotated, Any, TypeVar
-from uuid import UUID
 
 import anyio.to_thread
 import asyncpg
@@ -47,7 +46,6 @@ from ledger.api.schemas import (
 )
 from ledger.application.commands import ChangeTier, RecordActivity, RecordAdjustment, ReverseEarning
 from ledger.bootstrap import Services
-from ledger.domain.ids import partner_id_uuid, program_id_uuid
 from ledger.errors import NotFoundError, StoreUnavailableError
 from ledger.projector import ProjectionStatus, projection_status, wait_for_position
 
@@ -150,30 +148,9 @@ def _written(body: Any, created: bool) -> Response[Any]:
     return Response(body, status_code=HTTP_201_CREATED if created else HTTP_200_OK)
 
 
-async def _run_command(
-    command: Callable[[], _T],
-    *,
-    ids: Mapping[str, tuple[str, UUID]],
-    fallback_field: str | None = None,
-) -> _T:
-    """Run a write command in a worker thread.
-
-    The command side reports a missing stream by its UUID only. ``ids``
-    maps each request field to its value and stream id, so the error can
-    name the field and the id the client sent. A missing stream that matches
-    none of them is reported against ``fallback_field``.
-    """
-    try:
-        return await anyio.to_thread.run_sync(command)
-    except NotFoundError as error:
-        if error.field is None:
-            for name, (value, stream_id) in ids.items():
-                if error.value == str(stream_id):
-                    error.field, error.value = name, value
-                    break
-            else:
-                error.field = fallback_field
-        raise
+async def _run_command(command: Callable[[], _T]) -> _T:
+    """Run a synchronous write command in a worker thread."""
+    return await anyio.to_thread.run_sync(command)
 
 
 async def _await_projections(
@@ -247,10 +224,6 @@ async def record_activity(
     app = _services(request).app
     outcome = await _run_command(
         partial(app.record_activity, program_id, command, context),
-        ids={
-            "program_id": (program_id, program_id_uuid(program_id)),
-            "partner_id": (data.partner_id, partner_id_uuid(data.partner_id)),
-        },
     )
     return _written(EarningResponse.from_outcome(outcome), outcome.created)
 
@@ -284,7 +257,6 @@ async def record_adjustment(
     app = _services(request).app
     outcome = await _run_command(
         partial(app.record_adjustment, partner_id, command, idempotency_key, context),
-        ids={"partner_id": (partner_id, partner_id_uuid(partner_id))},
     )
     return _written(AdjustmentResponse.from_outcome(outcome), outcome.created)
 
@@ -323,9 +295,6 @@ async def reverse_earning(
     app = _services(request).app
     outcome = await _run_command(
         partial(app.reverse_earning, partner_id, command, idempotency_key, context),
-        ids={"partner_id": (partner_id, partner_id_uuid(partner_id))},
-        # Any other missing stream is the earning named by source_ref.
-        fallback_field="source_ref",
     )
     return _written(ReversalResponse.from_outcome(outcome), outcome.created)
 
@@ -351,7 +320,6 @@ async def change_tier(
     app = _services(request).app
     outcome = await _run_command(
         partial(app.change_tier, partner_id, command, idempotency_key, context),
-        ids={"partner_id": (partner_id, partner_id_uuid(partner_id))},
     )
     return _written(TierResponse.from_outcome(outcome), outcome.created)
 

@@ -19,7 +19,13 @@ from uuid import UUID
 import psycopg
 from eventsourcing.application import AggregateNotFoundError, Application
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent, Transcoder
+from eventsourcing.persistence import (
+    IntegrityError,
+    OperationalError,
+    Recording,
+    StoredEvent,
+    Transcoder,
+)
 
 from ledger.application.commands import (
     ChangeTier,
@@ -53,7 +59,13 @@ from ledger.domain.partner import Partner, check_partner_id
 from ledger.domain.program import Program
 from ledger.domain.receipt import Receipt
 from ledger.domain.rules import compute_reward
-from ledger.errors import ConflictError, InvalidInputError, LedgerError, NotFoundError, StoreUnavailableError
+from ledger.errors import (
+    ConflictError,
+    InvalidInputError,
+    LedgerError,
+    NotFoundError,
+    StoreUnavailableError,
+)
 from ledger.infrastructure.transcoder import MsgspecTranscoder
 
 __all__ = ["LedgerApplication"]
@@ -132,7 +144,11 @@ class LedgerApplication(Application[UUID]):
                         "time_zone": program.time_zone,
                         "rounding": program.rounding.value,
                     },
-                    {"currency": spec.currency, "time_zone": spec.time_zone, "rounding": spec.rounding},
+                    {
+                        "currency": spec.currency,
+                        "time_zone": spec.time_zone,
+                        "rounding": spec.rounding,
+                    },
                 )
                 if differences:
                     raise ConflictError(
@@ -162,7 +178,13 @@ class LedgerApplication(Application[UUID]):
     def get_program(self, program_id: str) -> Program:
         """Return program ``program_id``; raise :class:`NotFoundError` if unknown."""
         with _store_errors():
-            return self._get(Program, program_id_uuid(program_id), what=f"program {program_id!r}")
+            return self._get(
+                Program,
+                program_id_uuid(program_id),
+                what=f"program {program_id!r}",
+                field="program_id",
+                value=program_id,
+            )
 
     # Partners -------------------------------------------------------------
 
@@ -401,7 +423,9 @@ class LedgerApplication(Application[UUID]):
                 assert first_item is not None
                 if first_item.outcome is not None:
                     items[index] = BatchItem(
-                        ActivityOutcome(False, first_item.outcome.earning, first_item.outcome.position),
+                        ActivityOutcome(
+                            False, first_item.outcome.earning, first_item.outcome.position
+                        ),
                         None,
                     )
                 else:
@@ -569,11 +593,12 @@ class LedgerApplication(Application[UUID]):
                 Earning,
                 earning_id(partner.program_id, command.source_ref),
                 what=f"earning {command.source_ref!r} of partner {partner_id!r}",
+                field="source_ref",
+                value=command.source_ref,
             )
             if earning.partner_id != partner_id:
                 raise NotFoundError(
-                    f"partner {partner_id!r} has no earning with source_ref "
-                    f"{command.source_ref!r}",
+                    f"partner {partner_id!r} has no earning with source_ref {command.source_ref!r}",
                     field="source_ref",
                     value=command.source_ref,
                 )
@@ -633,15 +658,27 @@ class LedgerApplication(Application[UUID]):
                     continue
             return attempt()
 
-    def _get(self, cls: type[_A], aggregate_id: UUID, *, what: str | None = None) -> _A:
+    def _get(
+        self,
+        cls: type[_A],
+        aggregate_id: UUID,
+        *,
+        what: str | None = None,
+        field: str | None = None,
+        value: str | None = None,
+    ) -> _A:
+        """Load an aggregate; raise :class:`NotFoundError` naming ``field`` and ``value``."""
+        aggregate: object
         try:
             aggregate = self.repository.get(aggregate_id)
         except AggregateNotFoundError:
-            raise NotFoundError(
-                f"{what or cls.__name__.lower()} does not exist", value=str(aggregate_id)
-            ) from None
+            aggregate = None
         if not isinstance(aggregate, cls):
-            raise NotFoundError(f"{what or cls.__name__.lower()} does not exist")
+            raise NotFoundError(
+                f"{what or cls.__name__.lower()} does not exist",
+                field=field,
+                value=value if value is not None else str(aggregate_id),
+            )
         return aggregate
 
     def _load_partner(self, partner_id: str) -> Partner:
@@ -650,6 +687,8 @@ class LedgerApplication(Application[UUID]):
             Partner,
             partner_id_uuid(partner_id),
             what=f"partner {partner_id!r}",
+            field="partner_id",
+            value=partner_id,
         )
 
     def _load_partners(self, partner_ids: set[str]) -> dict[str, Partner]:
@@ -786,7 +825,9 @@ def _earned_request(event: Earning.Earned) -> dict[str, Any]:
         "partner_id": event.partner_id,
         "activity_type": event.activity_type,
         "effective_date": event.effective_date,
-        "base_amount": None if event.base_minor is None else Money(event.base_minor, event.currency),
+        "base_amount": None
+        if event.base_minor is None
+        else Money(event.base_minor, event.currency),
         "attributes": dict(event.attributes),
     }
 
@@ -848,7 +889,7 @@ def _aggregate_view(earning: Earning) -> EarningView:
     )
 
 
-def _position_for(recordings: Sequence[Any], aggregate_id: UUID) -> int:
+def _position_for(recordings: Sequence[Recording[UUID]], aggregate_id: UUID) -> int:
     return max(
         r.notification.id for r in recordings if r.domain_event.originator_id == aggregate_id
     )

@@ -191,8 +191,7 @@ class Earning(Aggregate):
             )
         if not reason.strip():
             raise InvalidInputError(
-                "reason is empty; say why the earning is reversed, for example "
-                "\"deal refunded\"",
+                'reason is empty; say why the earning is reversed, for example "deal refunded"',
                 field="reason",
             )
         if effective_date < self.effective_date:

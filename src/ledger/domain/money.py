@@ -36,12 +36,54 @@ __all__ = [
 # ISO 4217 minor-unit exponents for the active currencies a partner program is
 # likely to pay in. Unknown codes are rejected rather than guessed at 2.
 CURRENCY_EXPONENTS: dict[str, int] = {
-    "AED": 2, "ARS": 2, "AUD": 2, "BHD": 3, "BRL": 2, "CAD": 2, "CHF": 2, "CLP": 0,
-    "CNY": 2, "COP": 2, "CZK": 2, "DKK": 2, "EGP": 2, "EUR": 2, "GBP": 2, "HKD": 2,
-    "HUF": 2, "IDR": 2, "ILS": 2, "INR": 2, "ISK": 0, "JOD": 3, "JPY": 0, "KRW": 0,
-    "KWD": 3, "MAD": 2, "MXN": 2, "MYR": 2, "NGN": 2, "NOK": 2, "NZD": 2, "OMR": 3,
-    "PEN": 2, "PHP": 2, "PKR": 2, "PLN": 2, "QAR": 2, "RON": 2, "SAR": 2, "SEK": 2,
-    "SGD": 2, "THB": 2, "TND": 3, "TRY": 2, "TWD": 2, "UAH": 2, "USD": 2, "VND": 0,
+    "AED": 2,
+    "ARS": 2,
+    "AUD": 2,
+    "BHD": 3,
+    "BRL": 2,
+    "CAD": 2,
+    "CHF": 2,
+    "CLP": 0,
+    "CNY": 2,
+    "COP": 2,
+    "CZK": 2,
+    "DKK": 2,
+    "EGP": 2,
+    "EUR": 2,
+    "GBP": 2,
+    "HKD": 2,
+    "HUF": 2,
+    "IDR": 2,
+    "ILS": 2,
+    "INR": 2,
+    "ISK": 0,
+    "JOD": 3,
+    "JPY": 0,
+    "KRW": 0,
+    "KWD": 3,
+    "MAD": 2,
+    "MXN": 2,
+    "MYR": 2,
+    "NGN": 2,
+    "NOK": 2,
+    "NZD": 2,
+    "OMR": 3,
+    "PEN": 2,
+    "PHP": 2,
+    "PKR": 2,
+    "PLN": 2,
+    "QAR": 2,
+    "RON": 2,
+    "SAR": 2,
+    "SEK": 2,
+    "SGD": 2,
+    "THB": 2,
+    "TND": 3,
+    "TRY": 2,
+    "TWD": 2,
+    "UAH": 2,
+    "USD": 2,
+    "VND": 0,
     "ZAR": 2,
 }
 
@@ -137,7 +179,7 @@ class Money:
         allowed = set("+-.0123456789")
         if not isinstance(text, str) or not text.strip() or set(text.strip()) - allowed:
             raise InvalidInputError(
-                f"amount {text!r} is not a decimal string; send it as text such as \"47.43\"",
+                f'amount {text!r} is not a decimal string; send it as text such as "47.43"',
                 field=field,
                 value=text,
             )
@@ -146,7 +188,7 @@ class Money:
         except decimal.InvalidOperation:
             raise InvalidInputError(
                 f"amount {text!r} is not a decimal number; send digits with an optional "
-                f"sign and at most {exponent} decimal places, such as \"47.43\"",
+                f'sign and at most {exponent} decimal places, such as "47.43"',
                 field=field,
                 value=text,
             ) from None

@@ -246,8 +246,8 @@ def compute_reward(
         if base is None:
             raise InvalidInputError(
                 f"rule {rule.id!r} pays {rule.rate} of the base amount, but the activity has "
-                "no base_amount; send base_amount such as {\"amount\": \"100.00\", "
-                f"\"currency\": \"{currency}\"}}",
+                'no base_amount; send base_amount such as {"amount": "100.00", '
+                f'"currency": "{currency}"}}',
                 field="base_amount",
             )
         if base.currency != currency:

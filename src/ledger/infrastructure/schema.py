@@ -107,7 +107,7 @@ def migrate(database: DatabaseUrl) -> list[str]:
         with psycopg.connect(database.url) as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK_KEY,))
             conn.execute(_MIGRATIONS_TABLE)
-            applied = dict(
+            applied: dict[str, str] = dict(
                 conn.execute("SELECT name, sha256 FROM ledger_schema_migrations").fetchall()
             )
 
@@ -163,7 +163,7 @@ def record_projection_rebuilt(conn: psycopg.Connection[object], name: str) -> No
 def pending_projection_changes(database: DatabaseUrl) -> list[str]:
     """Return projections whose DDL file differs from the one their tables were built from."""
     with psycopg.connect(database.url) as conn:
-        applied = dict(
+        applied: dict[str, str] = dict(
             conn.execute(
                 "SELECT name, sha256 FROM ledger_schema_migrations WHERE name LIKE 'projection:%%'"
             ).fetchall()
