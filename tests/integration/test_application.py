@@ -52,8 +52,9 @@ V1 = RuleSet(
     effective_from=date(2024, 1, 1),
     rules=(
         Rule(id="deal", activity_type="deal_won", rate=Decimal("0.20")),
-        Rule(id="deal-gtx", activity_type="deal_won", match={"series": "GTX"},
-             rate=Decimal("0.045")),
+        Rule(
+            id="deal-gtx", activity_type="deal_won", match={"series": "GTX"}, rate=Decimal("0.045")
+        ),
         Rule(id="certified", activity_type="certification", fixed="250.00"),
     ),
 )
@@ -413,8 +414,11 @@ def test_batch_reports_each_row(ledger: Services) -> None:
     assert blank.error.field == "source_ref"
     for item in items:
         assert (item.outcome is None) != (item.error is None)
-    written = {ref for ref in ("OPP-1", "OPP-2", "OPP-3", "OPP-4", "OPP-5", "OPP-6")
-               if stream_length(ledger.database, earning_id(PROGRAM, ref))}
+    written = {
+        ref
+        for ref in ("OPP-1", "OPP-2", "OPP-3", "OPP-4", "OPP-5", "OPP-6")
+        if stream_length(ledger.database, earning_id(PROGRAM, ref))
+    }
     assert written == {"OPP-1", "OPP-6"}
 
 
@@ -692,3 +696,126 @@ def test_concurrent_full_reversals_succeed_once(ledger: Services) -> None:
     assert isinstance(rejected[0], InvalidInputError)
     assert "already fully reversed" in rejected[0].message
     assert stream_length(ledger.database, earning_id(PROGRAM, "OPP-1")) == 2
+
+
+# Dates and tiers ----------------------------------------------------------------
+
+
+def tiered_program() -> ProgramSpec:
+    return ProgramSpec(
+        id=PROGRAM,
+        name="CRM channel",
+        currency="USD",
+        rule_sets=[V1],
+        time_zone="Europe/Berlin",
+        tiers=["registered", "silver", "gold"],
+    )
+
+
+def test_future_activity_is_rejected(services: Services) -> None:
+    services.app.publish_program(program_spec(), CONTEXT)
+    enroll(services)
+
+    with pytest.raises(InvalidInputError) as raised:
+        services.app.record_activity(PROGRAM, activity(effective_date=date(2999, 12, 31)), CONTEXT)
+
+    assert raised.value.field == "effective_date"
+    assert "in the future" in raised.value.message
+
+
+def test_future_adjustment_is_rejected(services: Services) -> None:
+    services.app.publish_program(program_spec(), CONTEXT)
+    enroll(services)
+    command = RecordAdjustment(
+        amount=Money(100, "USD"), effective_date=date(9999, 12, 31), reason="bonus"
+    )
+
+    with pytest.raises(InvalidInputError) as raised:
+        services.app.record_adjustment(PARTNER, command, "adj-future", CONTEXT)
+
+    assert raised.value.field == "effective_date"
+
+
+def test_future_enrollment_is_rejected(services: Services) -> None:
+    services.app.publish_program(program_spec(), CONTEXT)
+
+    with pytest.raises(InvalidInputError) as raised:
+        enroll(services, effective_date=date(2999, 1, 1))
+
+    assert raised.value.field == "effective_date"
+
+
+def test_adjustment_before_enrollment_is_rejected(services: Services) -> None:
+    services.app.publish_program(program_spec(), CONTEXT)
+    enroll(services)
+    command = RecordAdjustment(
+        amount=Money(100, "USD"), effective_date=date(2010, 1, 1), reason="bonus"
+    )
+
+    with pytest.raises(InvalidInputError) as raised:
+        services.app.record_adjustment(PARTNER, command, "adj-early", CONTEXT)
+
+    assert raised.value.field == "effective_date"
+    assert "2024-01-15" in raised.value.message
+
+
+def test_tier_outside_program_tiers_is_rejected(services: Services) -> None:
+    services.app.publish_program(tiered_program(), CONTEXT)
+    enroll(services)
+    typo = ChangeTier(tier="glod", effective_date=date(2024, 3, 1), reason="review")
+
+    with pytest.raises(InvalidInputError) as raised:
+        services.app.change_tier(PARTNER, typo, "tier-typo", CONTEXT)
+
+    assert raised.value.field == "tier"
+    assert "registered, silver, gold" in raised.value.message
+
+
+def test_enrollment_tier_outside_program_tiers_is_rejected(services: Services) -> None:
+    services.app.publish_program(tiered_program(), CONTEXT)
+    command = EnrollPartner(
+        partner_id=PARTNER,
+        display_name="Darcel Schlecht",
+        effective_date=date(2024, 1, 15),
+        tier="diamond",
+    )
+
+    with pytest.raises(InvalidInputError) as raised:
+        services.app.enroll_partner(PROGRAM, command, CONTEXT)
+
+    assert raised.value.field == "tier"
+
+
+def test_tier_changes_are_recorded_in_date_order(services: Services) -> None:
+    services.app.publish_program(tiered_program(), CONTEXT)
+    enroll(services)
+    services.app.change_tier(
+        PARTNER,
+        ChangeTier(tier="gold", effective_date=date(2024, 5, 1), reason="review"),
+        "tier-may",
+        CONTEXT,
+    )
+    earlier = ChangeTier(tier="silver", effective_date=date(2024, 1, 20), reason="review")
+
+    with pytest.raises(InvalidInputError) as raised:
+        services.app.change_tier(PARTNER, earlier, "tier-january", CONTEXT)
+
+    assert raised.value.field == "effective_date"
+    assert services.app.get_partner(PARTNER).tier == "gold"
+
+
+def test_program_tiers_cannot_change(services: Services) -> None:
+    services.app.publish_program(tiered_program(), CONTEXT)
+    changed = ProgramSpec(
+        id=PROGRAM,
+        name="CRM channel",
+        currency="USD",
+        rule_sets=[V1],
+        time_zone="Europe/Berlin",
+        tiers=["registered", "gold"],
+    )
+
+    with pytest.raises(ConflictError) as raised:
+        services.app.publish_program(changed, CONTEXT)
+
+    assert set(raised.value.differences) == {"tiers"}

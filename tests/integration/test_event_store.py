@@ -33,9 +33,10 @@ from ledger.application.commands import (
 )
 from ledger.bootstrap import Services
 from ledger.domain.earning import Earning
-from ledger.domain.ids import partner_id_uuid
+from ledger.domain.ids import partner_id_uuid, program_id_uuid
 from ledger.domain.money import Money
 from ledger.domain.partner import Partner
+from ledger.domain.program import Program
 from ledger.domain.rules import Rule, RuleSet
 from ledger.infrastructure.database import DatabaseUrl
 from ledger.infrastructure.transcoder import MsgspecTranscoder
@@ -330,3 +331,32 @@ def test_stored_earning_decodes_to_event(services: Services) -> None:
     assert event.source_ref == "OPP-9"
     assert Money(event.amount_minor, event.currency) == Money(1000, "USD")
     assert event.timestamp.tzinfo is not None
+
+
+def test_program_created_v1_loads_without_tiers(services: Services) -> None:
+    program_uuid = program_id_uuid("legacy-program")
+    # A Program.Created event as version 1 of the class stored it: no tiers
+    # and no class_version key in the state.
+    v1_state = {
+        "timestamp": datetime(2024, 1, 1, 8, 0, tzinfo=UTC),
+        "originator_topic": get_topic(Program),
+        "program_id": "legacy-program",
+        "name": "Legacy",
+        "currency": "EUR",
+        "time_zone": "UTC",
+        "rounding": "half-even",
+        "actor": "tester",
+        "correlation_id": "corr-v1",
+    }
+    with psycopg.connect(services.database.url) as conn:
+        conn.execute(
+            "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, %s, %s, %s)",
+            (program_uuid, 1, get_topic(Program.Created), MsgspecTranscoder().encode(v1_state)),
+        )
+
+    program = services.app.get_program("legacy-program")
+
+    assert program.tiers == []
+    assert program.currency == "EUR"
+    program.check_tier("any-name")

@@ -48,6 +48,7 @@ class ProgramSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         time_zone: IANA zone that defines dates and statement periods.
         rounding: Rounding mode applied once per line: half-up, half-even, down, up.
         rule_sets: Rule sets in version order.
+        tiers: Tier names partners may hold, lowest first; empty allows any name.
     """
 
     id: str
@@ -56,6 +57,7 @@ class ProgramSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rule_sets: list[RuleSet]
     time_zone: str = "UTC"
     rounding: str = "half-up"
+    tiers: list[str] = []
 
 
 @dataclass(frozen=True, slots=True)

