@@ -416,8 +416,16 @@ class LedgerApplication(Application[UUID]):
 
         positions: dict[UUID, int] = {}
         for start in range(0, len(new), _SAVE_CHUNK):
-            chunk = [earning for _, earning in new[start : start + _SAVE_CHUNK]]
-            for recording in self.save(*chunk):
+            # New earnings are single-event streams with no snapshots or
+            # subscribers, so their events go straight to the event store;
+            # Application.save would spend a fifth of an import on checking
+            # each object against its runtime protocols.
+            chunk = [
+                event
+                for _, earning in new[start : start + _SAVE_CHUNK]
+                for event in earning.collect_events()
+            ]
+            for recording in self.events.put(chunk):
                 positions[recording.domain_event.originator_id] = recording.notification.id
         for index, earning in new:
             items[index] = BatchItem(
