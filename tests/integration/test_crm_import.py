@@ -17,18 +17,19 @@ from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import psycopg
 import pytest
 from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import sql
 
-from ledger.application.commands import CommandContext
+from ledger.application.commands import CommandContext, EnrollPartner, ProgramSpec
 from ledger.bootstrap import Services, bootstrap
 from ledger.domain.earning import Earning
 from ledger.domain.ids import earning_id
 from ledger.errors import InvalidInputError, NotFoundError
 from ledger.importing import import_crm_opportunities, load_program_file, write_error_file
-from ledger.importing.crm import ImportReport, partner_id_for_agent
+from ledger.importing.crm import ImportReport, RowOutcome, partner_id_for_agent
 from ledger.infrastructure.database import DatabaseUrl
 from ledger.infrastructure.transcoder import MsgspecTranscoder
 from ledger.projector import catch_up
@@ -100,6 +101,28 @@ def publish(services: Services) -> None:
     services.app.publish_program(load_program_file(PROGRAM_FILE), SETUP)
 
 
+def publish_variant(
+    services: Services,
+    program_id: str,
+    *,
+    starts: date,
+    drop_rules: frozenset[str] = frozenset(),
+    name: str = "CRM variant",
+) -> None:
+    """Publish the CRM program under another id, starting on ``starts``, without ``drop_rules``."""
+    spec = load_program_file(PROGRAM_FILE)
+    [rule_set] = spec.rule_sets
+    rule_set = msgspec.structs.replace(
+        rule_set,
+        effective_from=starts,
+        rules=tuple(rule for rule in rule_set.rules if rule.id not in drop_rules),
+    )
+    variant: ProgramSpec = msgspec.structs.replace(
+        spec, id=program_id, name=name, rule_sets=[rule_set]
+    )
+    services.app.publish_program(variant, SETUP)
+
+
 def stored_earnings(database: DatabaseUrl) -> list[Earning.Earned]:
     """Decode every earning's creation event straight from the event store."""
     mapper: Mapper[uuid.UUID] = Mapper(transcoder=MsgspecTranscoder())
@@ -121,11 +144,11 @@ def head_position(database: DatabaseUrl) -> int:
     return int(row[0])
 
 
-def earning_exists(database: DatabaseUrl, source_ref: str) -> bool:
+def earning_exists(database: DatabaseUrl, source_ref: str, program_id: str = PROGRAM) -> bool:
     with psycopg.connect(database.url) as conn:
         row = conn.execute(
             "SELECT 1 FROM ledger_events WHERE originator_id = %s",
-            (earning_id(PROGRAM, source_ref),),
+            (earning_id(program_id, source_ref),),
         ).fetchone()
     return row is not None
 
@@ -195,6 +218,7 @@ def test_small_import_counts_each_outcome(services: Services, tmp_path: Path) ->
     assert report.already_recorded == 0
     assert report.conflicts == 0
     assert report.not_rewardable == 1
+    assert report.not_rewardable_activities == 0
     assert report.rejected_rows == 0
     assert report.errors == []
     assert report.partners_enrolled == 3
@@ -295,6 +319,7 @@ def test_unknown_product_and_bad_date_are_row_errors(services: Services, tmp_pat
     assert errors[1]["field"] == "close_date"
     assert errors[1]["value"] == "2016-13-40"
     assert "YYYY-MM-DD" in errors[1]["message"]
+    assert [error["outcome"] for error in errors] == ["rejected", "rejected"]
     for source_ref in ("OPP00006:engaged", "OPP00006:won", "OPP00007:engaged", "OPP00007:won"):
         assert not earning_exists(services.database, source_ref), source_ref
 
@@ -316,33 +341,220 @@ def test_row_errors_name_their_column(services: Services, tmp_path: Path) -> Non
 
     report = import_crm_opportunities(services.app, folder)
 
-    columns = [(error.row, error.field) for error in report.errors]
+    columns = [(error.row, error.field, error.outcome) for error in report.errors]
+    rejected, not_rewardable = RowOutcome.REJECTED, RowOutcome.NOT_REWARDABLE
     assert columns == [
-        (2, "sales_agent"),
-        (3, "close_date"),
-        (3, "close_value"),
-        (4, "close_value"),
-        (5, "close_value"),
-        (6, "engage_date"),
-        (7, "deal_stage"),
-        (8, "engage_date"),
-        (9, ""),
-        (10, "engage_date"),
+        (2, "sales_agent", rejected),
+        (3, "close_date", rejected),
+        (3, "close_value", rejected),
+        (4, "close_value", rejected),
+        (5, "close_value", rejected),
+        (6, "engage_date", rejected),
+        (7, "deal_stage", rejected),
+        (8, "engage_date", not_rewardable),
+        (9, "", rejected),
+        (10, "engage_date", rejected),
     ]
-    assert report.rejected_rows == 9
+    assert "'Zed Unknown' is not in sales_teams.csv" in report.errors[0].message
+    assert report.rejected_rows == 8
+    assert report.not_rewardable_activities == 1
     assert report.recorded == 0
     assert head_position(services.database) == 2 + len(TEAMS)
 
 
-def test_before_enrollment_names_source_ref(services: Services, tmp_path: Path) -> None:
+def test_future_date_rejects_whole_row(services: Services, tmp_path: Path) -> None:
     publish(services)
-    folder = write_crm(tmp_path / "crm", ["OPP00020,Ada Quill,GTX Basic,,Engaging,2016-09-30,,"])
+    folder = write_crm(
+        tmp_path / "crm", ["OPP00021,Ada Quill,GTX Basic,Acme,Won,2016-10-20,2999-01-04,900"]
+    )
 
     report = import_crm_opportunities(services.app, folder)
 
     [error] = report.errors
-    assert error.source_ref == "OPP00020:engaged"
-    assert "before partner 'ada-quill' enrolled on 2016-10-01" in error.message
+    assert (error.row, error.source_ref, error.field) == (2, "OPP00021", "close_date")
+    assert error.value == "2999-01-04"
+    assert "close_date 2999-01-04 is in the future" in error.message
+    assert error.outcome is RowOutcome.REJECTED
+    assert report.rejected_rows == 1
+    assert report.recorded == 0
+    assert not earning_exists(services.database, "OPP00021:engaged")
+    assert not earning_exists(services.database, "OPP00021:won")
+
+
+# Activities the program does not reward ---------------------------------------
+
+
+def test_won_deal_engaged_before_program_recorded(services: Services, tmp_path: Path) -> None:
+    publish_variant(services, "crm-2017", starts=date(2017, 1, 1))
+    folder = write_crm(
+        tmp_path / "crm", ["OPP00022,Ada Quill,GTX Basic,Acme,Won,2016-12-20,2017-03-01,1000"]
+    )
+
+    report = import_crm_opportunities(services.app, folder, program_id="crm-2017")
+    error_file = tmp_path / "errors.csv"
+    write_error_file(error_file, report.errors)
+
+    assert report.recorded == 1
+    assert report.recorded_by_type == Counter({"deal_won": 1})
+    assert report.recorded_amount_minor == 4500
+    assert report.not_rewardable_activities == 1
+    assert report.not_rewardable_by_type == Counter({"pipeline_engaged": 1})
+    assert report.not_rewardable == 0
+    assert report.rejected_rows == 0
+    assert earning_exists(services.database, "OPP00022:won", "crm-2017")
+    assert not earning_exists(services.database, "OPP00022:engaged", "crm-2017")
+    [entry] = read_error_file(error_file)
+    assert entry == {
+        "file": "sales_pipeline.csv",
+        "row": "2",
+        "source_ref": "OPP00022:engaged",
+        "field": "engage_date",
+        "value": "2016-12-20",
+        "message": (
+            "no rule set is in force on 2016-12-20; the first rule set takes effect on 2017-01-01"
+        ),
+        "outcome": "not_rewardable",
+    }
+
+
+def test_not_rewardable_again_on_second_run(services: Services, tmp_path: Path) -> None:
+    publish_variant(services, "crm-2017", starts=date(2017, 1, 1))
+    folder = write_crm(
+        tmp_path / "crm", ["OPP00022,Ada Quill,GTX Basic,Acme,Won,2016-12-20,2017-03-01,1000"]
+    )
+    import_crm_opportunities(services.app, folder, program_id="crm-2017")
+
+    again = import_crm_opportunities(services.app, folder, program_id="crm-2017")
+
+    assert again.recorded == 0
+    assert again.already_recorded == 1
+    assert again.not_rewardable_activities == 1
+    assert [error.outcome for error in again.errors] == [RowOutcome.NOT_REWARDABLE]
+
+
+def test_activity_without_rule_is_not_rewardable(services: Services, tmp_path: Path) -> None:
+    publish_variant(
+        services, "crm-no-gtk", starts=date(2016, 10, 1), drop_rules=frozenset({"won-gtk"})
+    )
+    folder = write_crm(
+        tmp_path / "crm",
+        [
+            "OPP00023,Ada Quill,GTK 500,Acme,Won,2016-10-20,2016-11-02,1000",
+            "OPP00024,Ben Ortiz,GTX Basic,Acme,Won,2016-10-20,2016-11-02,1000",
+        ],
+    )
+
+    report = import_crm_opportunities(services.app, folder, program_id="crm-no-gtk")
+
+    assert report.recorded_by_type == Counter({"pipeline_engaged": 2, "deal_won": 1})
+    assert report.not_rewardable_by_type == Counter({"deal_won": 1})
+    assert report.rejected_rows == 0
+    [error] = report.errors
+    assert (error.row, error.source_ref, error.field) == (2, "OPP00023:won", "product")
+    assert error.value == "GTK 500"
+    assert "no rule for activity type 'deal_won'" in error.message
+    assert error.outcome is RowOutcome.NOT_REWARDABLE
+    assert earning_exists(services.database, "OPP00023:engaged", "crm-no-gtk")
+    assert not earning_exists(services.database, "OPP00023:won", "crm-no-gtk")
+
+
+def test_before_enrollment_is_not_rewardable(services: Services, tmp_path: Path) -> None:
+    publish(services)
+    # Enrolled a month after the program starts, under another display name,
+    # so the importer reports the difference but keeps the partner.
+    services.app.enroll_partner(
+        PROGRAM,
+        EnrollPartner(
+            partner_id="ada-quill",
+            display_name="Ada Q.",
+            effective_date=date(2016, 11, 1),
+            region="Central",
+            channel_manager="Rita Moss",
+        ),
+        SETUP,
+    )
+    folder = write_crm(
+        tmp_path / "crm", ["OPP00025,Ada Quill,GTX Basic,Acme,Won,2016-10-15,2016-11-20,1000"]
+    )
+
+    report = import_crm_opportunities(services.app, folder)
+
+    assert report.recorded_by_type == Counter({"deal_won": 1})
+    assert report.not_rewardable_activities == 1
+    # Errors are sorted by file name, so the pipeline's come first.
+    pipeline_error, teams_error = report.errors
+    assert teams_error.file == "sales_teams.csv"
+    assert pipeline_error.source_ref == "OPP00025:engaged"
+    assert pipeline_error.field == "engage_date"
+    assert "before partner 'ada-quill' enrolled on 2016-11-01" in pipeline_error.message
+    assert pipeline_error.outcome is RowOutcome.NOT_REWARDABLE
+
+
+# Agents that cannot be used --------------------------------------------------
+
+
+def test_agent_in_other_program_names_it(services: Services, tmp_path: Path) -> None:
+    publish(services)
+    publish_variant(
+        services, "partner-direct", starts=date(2016, 10, 1), name="Partner direct rewards"
+    )
+    services.app.enroll_partner(
+        "partner-direct",
+        EnrollPartner(
+            partner_id="ada-quill",
+            display_name="Ada Quill",
+            effective_date=date(2016, 10, 1),
+            region="Central",
+            channel_manager="Rita Moss",
+        ),
+        SETUP,
+    )
+    folder = write_crm(tmp_path / "crm", SMALL_PIPELINE)
+
+    report = import_crm_opportunities(services.app, folder)
+
+    *pipeline_errors, teams_error = report.errors
+    assert (teams_error.file, teams_error.row, teams_error.field) == (
+        "sales_teams.csv",
+        2,
+        "sales_agent",
+    )
+    assert teams_error.value == "Ada Quill"
+    assert (
+        "partner 'ada-quill' is already enrolled in program 'partner-direct' "
+        "(\"Partner direct rewards\"), not 'crm-channel'" in teams_error.message
+    )
+    assert "a partner belongs to one program" in teams_error.message
+    assert [(error.row, error.field) for error in pipeline_errors] == [
+        (2, "sales_agent"),
+        (3, "sales_agent"),
+    ]
+    for error in pipeline_errors:
+        assert "enrolled in program 'partner-direct'" in error.message
+        assert "a partner belongs to one program" in error.message
+        assert "add the agent" not in error.message
+    assert report.rejected_rows == 3
+    assert report.recorded == 3
+    assert report.partners_enrolled == 2
+
+
+def test_agent_with_rejected_team_row_names_row(services: Services, tmp_path: Path) -> None:
+    publish(services)
+    folder = write_crm(tmp_path / "crm", ["OPP00026,Dan O'Neil,GTX Basic,,Engaging,2016-10-20,,"])
+    teams = (folder / "sales_teams.csv").read_text(encoding="utf-8")
+    (folder / "sales_teams.csv").write_text(
+        teams + "Dan O'Neil,Sam Hale,West\r\n", encoding="utf-8"
+    )
+
+    report = import_crm_opportunities(services.app, folder)
+
+    pipeline_error, teams_error = report.errors
+    assert (teams_error.file, teams_error.row) == ("sales_teams.csv", 5)
+    assert pipeline_error.field == "sales_agent"
+    assert pipeline_error.message == (
+        'sales agent "Dan O\'Neil" is not enrolled because row 5 of sales_teams.csv '
+        "was rejected; fix that row and import again"
+    )
 
 
 def test_second_run_records_nothing(services: Services, tmp_path: Path) -> None:
@@ -369,14 +581,62 @@ def test_changed_row_is_a_conflict(services: Services, tmp_path: Path) -> None:
     write_crm(folder, changed)
 
     report = import_crm_opportunities(services.app, folder)
+    error_file = tmp_path / "errors.csv"
+    write_error_file(error_file, report.errors)
 
     assert report.conflicts == 1
     assert report.rejected_rows == 0
     assert report.already_recorded == 5
-    [error] = report.errors
-    assert error.conflict
-    assert (error.row, error.source_ref, error.field) == (2, "OPP00001:won", "close_value")
-    assert "already recorded with different base_amount" in error.message
+    [error] = read_error_file(error_file)
+    assert error == {
+        "file": "sales_pipeline.csv",
+        "row": "2",
+        "source_ref": "OPP00001:won",
+        "field": "close_value",
+        "value": "1100",
+        "message": (
+            "source_ref 'OPP00001:won' is already recorded with close_value 1054.00 USD, "
+            "but this row has 1100.00 USD; a recorded activity never changes, so restore "
+            "1054.00 USD, or reverse the earning and import the correction under a new "
+            "opportunity_id"
+        ),
+        "outcome": "conflict",
+    }
+
+
+def test_conflict_lists_each_changed_field(services: Services, tmp_path: Path) -> None:
+    publish(services)
+    folder = write_crm(tmp_path / "crm", SMALL_PIPELINE)
+    import_crm_opportunities(services.app, folder)
+    changed = [
+        "OPP00001,Ada Quill,GTXPro,Initech,Won,2016-10-20,2016-11-04,1054",
+        "OPP00002,Ada Quill,MG Special,,Engaging,2016-10-26,,",
+        *SMALL_PIPELINE[2:],
+    ]
+    write_crm(folder, changed)
+    products = (folder / "products.csv").read_text(encoding="utf-8")
+    (folder / "products.csv").write_text(
+        products.replace("MG Special,MG", "MG Special,GTX"), encoding="utf-8"
+    )
+
+    report = import_crm_opportunities(services.app, folder)
+
+    assert report.conflicts == 2
+    assert report.already_recorded == 4
+    assert report.rejected_rows == 0
+    assert all(error.outcome is RowOutcome.CONFLICT for error in report.errors)
+    found = [(e.row, e.source_ref, e.field, e.value) for e in report.errors]
+    assert found == [
+        (2, "OPP00001:won", "close_date", "2016-11-04"),
+        (2, "OPP00001:won", "account", "Initech"),
+        (3, "OPP00002:engaged", "engage_date", "2016-10-26"),
+        (3, "OPP00002:engaged", "series", "GTX"),
+    ]
+    messages = [error.message for error in report.errors]
+    assert "with close_date 2016-11-02, but this row has 2016-11-04;" in messages[0]
+    assert "with account Acme, but this row has Initech;" in messages[1]
+    assert "with engage_date 2016-10-25, but this row has 2016-10-26;" in messages[2]
+    assert "with series MG, but this row has GTX (from products.csv);" in messages[3]
 
 
 def test_one_correlation_id_per_run(services: Services, tmp_path: Path) -> None:
@@ -489,6 +749,7 @@ def test_real_data_report(real_import: RealImport) -> None:
     assert report.recorded_by_type == Counter({"deal_won": 4238, "pipeline_engaged": 8300})
     assert report.recorded == 4238 + 8300
     assert report.not_rewardable == 500
+    assert report.not_rewardable_activities == 0
     assert report.rejected_rows == 0
     assert report.conflicts == 0
     assert report.errors == []

@@ -334,10 +334,60 @@ async def test_projected_rows_match_events(services: Services) -> None:
         "Partner.TierChanged",
     ]
     assert history[3]["source_ref"] == "deal-1"
-    reversal_data = msgspec.json.decode(history[3]["data"])
-    assert reversal_data["unrounded_minor"] == "450.000"
-    assert reversal_data["effective_date"] == "2024-03-01"
-    assert msgspec.json.decode(history[7]["data"])["to_tier"] == "gold"
+    data = [msgspec.json.decode(r["data"]) for r in history]
+
+    def usd(amount: str) -> dict[str, str]:
+        return {"amount": amount, "currency": "USD"}
+
+    assert data[1] == {
+        "program_id": "channel",
+        "partner_id": "acme",
+        "activity_type": "deal_won",
+        "source_ref": "deal-1",
+        "effective_date": "2024-02-10",
+        "attributes": {},
+        "base": usd("302.11"),
+        "rule_set_version": 1,
+        "rule_id": "deal-rate",
+        "rate": "0.045",
+        "fixed": None,
+        "unrounded": "13.59495",
+        "rounding": "half-up",
+        "amount": usd("13.59"),
+        "actor": "tester",
+        "correlation_id": "corr-projector",
+    }
+    assert (data[2]["base"], data[2]["fixed"], data[2]["amount"]) == (
+        None,
+        usd("25.00"),
+        usd("25.00"),
+    )
+    assert data[2]["unrounded"] == "25.00"
+    # A reversal's amount is its signed effect on the balance, while base and
+    # unrounded describe the part clawed back and stay positive.
+    assert data[3] == {
+        "amount": usd("-4.50"),
+        "base": usd("100.00"),
+        "unrounded": "4.50000",
+        "effective_date": "2024-03-01",
+        "reason": "partial refund",
+        "actor": "tester",
+        "idempotency_key": "rev-1",
+        "correlation_id": "corr-projector",
+    }
+    assert (data[4]["amount"], data[4]["base"], data[4]["unrounded"]) == (
+        usd("-25.00"),
+        None,
+        None,
+    )
+    assert data[5]["amount"] == usd("7.50")
+    assert data[6]["amount"] == usd("-2.25")
+    assert data[6]["program_id"] == "channel"
+    for row in data:
+        assert "currency" not in row
+        assert not [key for key in row if key.endswith("_minor")], row
+    assert data[7]["to_tier"] == "gold"
+    assert data[0]["display_name"] == "ACME"
 
     conn = await asyncpg.connect(services.database.url)
     try:

@@ -12,9 +12,15 @@ opportunity per row). The import:
 3. records them in batches with :meth:`LedgerApplication.record_activities`.
 
 Every row is decoded and priced against the program before anything is
-written, so a rejected row writes nothing and never stops the rest of the
-import. Source references (``<opportunity_id>:won``, ``<opportunity_id>:engaged``)
-make a second run over the same files record nothing new.
+written. A row whose data are invalid (a bad or future date, an unknown
+product or agent, a Won deal without close value, ...) is rejected whole:
+nothing of it is written, and the rest of the import goes on. A well-formed
+activity can still be one that the program does not reward: no rule set is in
+force on its date, no rule prices it, or its date precedes the partner's
+enrollment. Such an activity is counted as not rewardable and listed with the
+reason, and the row's other activity is still recorded. Source references
+(``<opportunity_id>:won``, ``<opportunity_id>:engaged``) make a second run
+over the same files record nothing new.
 
 Row numbers in errors count the header as row 1, as a spreadsheet shows them.
 """
@@ -22,6 +28,7 @@ Row numbers in errors count the header as row 1, as a spreadsheet shows them.
 from __future__ import annotations
 
 import csv
+import enum
 import re
 import uuid
 from collections import Counter
@@ -29,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 from ledger.application.commands import CommandContext, EnrollPartner, RecordActivity
 from ledger.application.service import LedgerApplication
@@ -36,7 +44,13 @@ from ledger.domain.money import Money
 from ledger.domain.partner import check_partner_id
 from ledger.domain.program import Program
 from ledger.domain.rules import compute_reward
-from ledger.errors import ConflictError, InvalidInputError, LedgerError, NotFoundError
+from ledger.errors import (
+    ConflictError,
+    InvalidInputError,
+    LedgerError,
+    NotFoundError,
+    RuleNotFoundError,
+)
 
 __all__ = [
     "CRM_PROGRAM_ID",
@@ -45,6 +59,7 @@ __all__ = [
     "PIPELINE_ENGAGED",
     "ImportReport",
     "RowError",
+    "RowOutcome",
     "import_crm_opportunities",
     "partner_id_for_agent",
     "write_error_file",
@@ -91,9 +106,25 @@ _COLUMN_OF_FIELD: dict[str, dict[str, str]] = {
         "base_amount.amount": "close_value",
         "base_amount.currency": "close_value",
         "activity_type": "product",
+        "partner_id": "sales_agent",
     },
-    PIPELINE_ENGAGED: {"effective_date": "engage_date", "activity_type": "product"},
+    PIPELINE_ENGAGED: {
+        "effective_date": "engage_date",
+        "activity_type": "product",
+        "partner_id": "sales_agent",
+    },
 }
+
+
+class RowOutcome(enum.StrEnum):
+    """Outcome of the row or activity that a :class:`RowError` describes."""
+
+    REJECTED = "rejected"
+    """The row's data are invalid; nothing of the row was written."""
+    CONFLICT = "conflict"
+    """The source reference was recorded before with other content; nothing was written."""
+    NOT_REWARDABLE = "not_rewardable"
+    """The program does not reward this activity; the row's other activity is still recorded."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +136,13 @@ class RowError:
         row: Row number in that file, the header being row 1.
         source_ref: Source reference of the activity at fault, or the
             opportunity id or partner id when the whole row is at fault.
-        field: CSV column at fault, empty when the row as a whole is.
-        value: The rejected value.
+        field: CSV column at fault, empty when the row as a whole is. A
+            conflict names the column whose value changed, or ``series`` when
+            the product's series in ``products.csv`` changed.
+        value: The value at fault as the files give it now.
         message: What is wrong and how to fix it.
-        conflict: True when the source reference was recorded before with
-            other content; such a row is counted in ``conflicts``, not in
-            ``rejected_rows``. The error file does not carry this column.
+        outcome: Rejected row, conflicting activity or activity not
+            rewardable. Only rejected rows count in ``rejected_rows``.
     """
 
     file: str
@@ -119,31 +151,41 @@ class RowError:
     field: str
     value: str
     message: str
-    conflict: bool = False
+    outcome: RowOutcome = RowOutcome.REJECTED
 
 
 @dataclass
 class ImportReport:
     """Counts and row errors of one import run.
 
-    ``recorded``, ``already_recorded`` and ``conflicts`` count activities (a
-    Won row has two); ``not_rewardable`` and ``rejected_rows`` count pipeline
-    rows. ``errors`` lists every problem, conflicts included.
+    ``recorded``, ``already_recorded``, ``conflicts`` and
+    ``not_rewardable_activities`` count activities (a Won row has two);
+    ``not_rewardable`` and ``rejected_rows`` count rows. ``errors`` lists every
+    problem, with conflicts and activities not rewardable among them, each
+    marked by its ``outcome``.
 
     Attributes:
         correlation_id: Id shared by every event this run wrote.
+        currency: The program's currency, that of ``recorded_amount``.
         rows: Data rows read from the pipeline file.
         recorded: Activities recorded by this run.
         already_recorded: Activities found recorded before with identical content.
         conflicts: Activities whose source reference was recorded before with
             other content; nothing was written for them.
-        not_rewardable: Rows with nothing to reward (Prospecting stage).
+        not_rewardable: Pipeline rows with nothing to reward (Prospecting stage).
+        not_rewardable_activities: Well-formed activities the program does not
+            reward: no rule set in force on the date, no rule for the activity,
+            or a date before the partner's enrollment. Nothing was written for
+            them, but the other activity of their row was recorded.
         rejected_rows: Rows of any file rejected before writing, or whose
-            activity the application rejected for a reason other than a conflict.
+            activity the application rejected for a reason other than a
+            conflict or a missing rule.
         partners_enrolled: Partners enrolled by this run.
         partners_already_enrolled: Partners found enrolled with identical details.
         recorded_by_type: ``recorded`` split by activity type.
-        recorded_amount: Sum of the rewards recorded by this run.
+        not_rewardable_by_type: ``not_rewardable_activities`` split by activity type.
+        recorded_amount_minor: Sum of the rewards recorded by this run, in
+            minor units of ``currency``.
         errors: Every row error, in file and row order.
     """
 
@@ -154,10 +196,12 @@ class ImportReport:
     already_recorded: int = 0
     conflicts: int = 0
     not_rewardable: int = 0
+    not_rewardable_activities: int = 0
     rejected_rows: int = 0
     partners_enrolled: int = 0
     partners_already_enrolled: int = 0
     recorded_by_type: Counter[str] = field(default_factory=Counter)
+    not_rewardable_by_type: Counter[str] = field(default_factory=Counter)
     recorded_amount_minor: int = 0
     errors: list[RowError] = field(default_factory=list)
 
@@ -173,6 +217,27 @@ class _Agent:
     enrolled_on: date
 
 
+@dataclass
+class _Agents:
+    """Agents whose activities can be recorded, and why the others cannot.
+
+    Attributes:
+        enrolled: Agents enrolled in the program being imported into, by name.
+        unusable: For agents listed in ``sales_teams.csv`` but not usable, the
+            message that rejects their pipeline rows, by name.
+    """
+
+    enrolled: dict[str, _Agent] = field(default_factory=dict)
+    unusable: dict[str, str] = field(default_factory=dict)
+
+    def problem(self, name: str) -> str:
+        """Return why agent ``name`` has no usable partner."""
+        return self.unusable.get(
+            name,
+            f"sales agent {name!r} is not in {TEAMS_FILE}; add the agent there",
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class _Product:
     name: str
@@ -181,13 +246,24 @@ class _Product:
 
 @dataclass
 class _PipelineRow:
-    """A decoded pipeline row: its activities, or the errors that reject it."""
+    """A decoded pipeline row: its activities, or the errors that reject it.
+
+    Attributes:
+        number: Row number in the pipeline file.
+        values: The row's cells by column.
+        commands: Activities to record.
+        not_rewardable: Activities the program does not reward, each with
+            the entry that reports it; they are not in ``commands``.
+        errors: Errors that reject the whole row; ``commands`` is then empty.
+        nothing_to_reward: The stage (Prospecting) has no activity at all.
+    """
 
     number: int
-    opportunity_id: str
+    values: Mapping[str, str]
     commands: list[RecordActivity] = field(default_factory=list)
+    not_rewardable: list[tuple[RecordActivity, RowError]] = field(default_factory=list)
     errors: list[RowError] = field(default_factory=list)
-    not_rewardable: bool = False
+    nothing_to_reward: bool = False
 
 
 def partner_id_for_agent(agent: str) -> str:
@@ -265,8 +341,12 @@ def import_crm_opportunities(
         if decoded.errors:
             report.errors.extend(decoded.errors)
             continue
-        if decoded.not_rewardable:
+        if decoded.nothing_to_reward:
             report.not_rewardable += 1
+            continue
+        for command, entry in decoded.not_rewardable:
+            _count_not_rewardable(report, command, entry)
+        if not decoded.commands:
             continue
         batch.append(decoded)
         pending += len(decoded.commands)
@@ -282,20 +362,34 @@ def import_crm_opportunities(
 
     # Count rejected rows once each, however many errors a row has.
     report.errors.sort(key=lambda error: (error.file, error.row))
-    rejected = {(error.file, error.row) for error in report.errors if not error.conflict}
+    rejected = {
+        (error.file, error.row) for error in report.errors if error.outcome is RowOutcome.REJECTED
+    }
     report.rejected_rows = len(rejected)
     return report
 
 
 def write_error_file(path: Path, errors: Iterable[RowError]) -> int:
-    """Write ``errors`` as CSV (file, row, source_ref, field, value, message); return the count."""
+    """Write ``errors`` as CSV; return the count.
+
+    The columns are file, row, source_ref, field, value, message and outcome
+    (``rejected``, ``conflict`` or ``not_rewardable``).
+    """
     count = 0
     with path.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["file", "row", "source_ref", "field", "value", "message"])
+        writer.writerow(["file", "row", "source_ref", "field", "value", "message", "outcome"])
         for error in errors:
             writer.writerow(
-                [error.file, error.row, error.source_ref, error.field, error.value, error.message]
+                [
+                    error.file,
+                    error.row,
+                    error.source_ref,
+                    error.field,
+                    error.value,
+                    error.message,
+                    error.outcome.value,
+                ]
             )
             count += 1
     return count
@@ -424,10 +518,10 @@ def _enroll_agents(
     rows: Sequence[tuple[int, dict[str, str]]],
     context: CommandContext,
     report: ImportReport,
-) -> dict[str, _Agent]:
-    """Enroll one partner per agent row; return the usable agents by name."""
+) -> _Agents:
+    """Enroll one partner per agent row; return the usable agents and why others are not."""
     first = min(program.rule_sets, key=lambda rule_set: rule_set.version)
-    agents: dict[str, _Agent] = {}
+    agents = _Agents()
     for number, values in rows:
         name = values["sales_agent"]
         partner_id = partner_id_for_agent(name)
@@ -449,20 +543,52 @@ def _enroll_agents(
         except ConflictError as error:
             # The partner exists with other details, but its activities can
             # still be recorded if it belongs to this program.
-            report.errors.append(_teams_error(number, partner_id, error))
             existing = app.get_partner(partner_id)
             if existing.program_id == program.program_id:
-                agents[name] = _Agent(partner_id, existing.enrolled_on)
+                report.errors.append(_teams_error(number, partner_id, error))
+                agents.enrolled[name] = _Agent(partner_id, existing.enrolled_on)
+                continue
+            other = _program_label(app, existing.program_id)
+            report.errors.append(
+                RowError(
+                    TEAMS_FILE,
+                    number,
+                    partner_id,
+                    "sales_agent",
+                    name,
+                    f"partner {partner_id!r} is already enrolled in program {other}, not "
+                    f"{program.program_id!r}; a partner belongs to one program, so import "
+                    f"these files into program {existing.program_id!r} instead",
+                )
+            )
+            agents.unusable[name] = (
+                f"sales agent {name!r} is partner {partner_id!r}, enrolled in program "
+                f"{other}, not {program.program_id!r}; a partner belongs to one program, "
+                f"so import these files into program {existing.program_id!r} instead"
+            )
             continue
         except InvalidInputError as error:
             report.errors.append(_teams_error(number, partner_id, error))
+            agents.unusable[name] = (
+                f"sales agent {name!r} is not enrolled because row {number} of {TEAMS_FILE} "
+                "was rejected; fix that row and import again"
+            )
             continue
         if created:
             report.partners_enrolled += 1
         else:
             report.partners_already_enrolled += 1
-        agents[name] = _Agent(partner_id, first.effective_from)
+        agents.enrolled[name] = _Agent(partner_id, first.effective_from)
     return agents
+
+
+def _program_label(app: LedgerApplication, program_id: str) -> str:
+    """Return ``'id' ("name")`` for a program, or only ``'id'`` if it cannot be read."""
+    try:
+        name = app.get_program(program_id).name
+    except NotFoundError:
+        return repr(program_id)
+    return f'{program_id!r} ("{name}")'
 
 
 def _teams_error(number: int, partner_id: str, error: LedgerError) -> RowError:
@@ -514,13 +640,13 @@ def _decode_products(
 def _decode_pipeline_row(
     number: int,
     values: Mapping[str, str],
-    agents: Mapping[str, _Agent],
+    agents: _Agents,
     products: Mapping[str, _Product],
     program: Program,
 ) -> _PipelineRow:
     """Decode one opportunity into its activities and price them without writing."""
     opportunity_id = values["opportunity_id"]
-    row = _PipelineRow(number, opportunity_id)
+    row = _PipelineRow(number, values)
 
     def reject(column: str, message: str, source_ref: str = opportunity_id) -> None:
         row.errors.append(
@@ -530,7 +656,7 @@ def _decode_pipeline_row(
     # Stage first, because a Prospecting row has nothing to reward whatever it contains.
     stage = values["deal_stage"]
     if stage in _NOT_REWARDABLE_STAGES:
-        row.not_rewardable = True
+        row.nothing_to_reward = True
         return row
     if stage not in _ENGAGED_STAGES:
         reject(
@@ -541,13 +667,9 @@ def _decode_pipeline_row(
     # Fields every rewardable row needs.
     if not opportunity_id:
         reject("opportunity_id", "opportunity_id is empty; every opportunity needs its CRM id")
-    agent = agents.get(values["sales_agent"])
+    agent = agents.enrolled.get(values["sales_agent"])
     if agent is None:
-        reject(
-            "sales_agent",
-            f"sales agent {values['sales_agent']!r} is not enrolled: add the agent to "
-            f"{TEAMS_FILE}, or fix the agent's row there if it was rejected",
-        )
+        reject("sales_agent", agents.problem(values["sales_agent"]))
     product = products.get(_product_key(values["product"]))
     if product is None:
         reject(
@@ -555,19 +677,19 @@ def _decode_pipeline_row(
             f"product {values['product']!r} is not in {PRODUCTS_FILE} (names match "
             "ignoring case and spaces); add it there or fix the name",
         )
-    engage_date = _parse_date(values, "engage_date", stage, reject)
+    engage_date = _parse_date(values, "engage_date", stage, program, reject)
 
     # A won deal also needs its close date and value.
     close_date: date | None = None
     close_value: Money | None = None
     if stage == "Won":
-        close_date = _parse_date(values, "close_date", stage, reject)
+        close_date = _parse_date(values, "close_date", stage, program, reject)
         close_value = _parse_close_value(values, reject)
     if row.errors or agent is None or product is None or engage_date is None:
         return row
 
-    # Build the activities and price each one as the application will.
-    row.commands.append(
+    # Build the activities.
+    commands = [
         RecordActivity(
             partner_id=agent.partner_id,
             activity_type=PIPELINE_ENGAGED,
@@ -575,10 +697,10 @@ def _decode_pipeline_row(
             effective_date=engage_date,
             attributes={"product": product.name, "series": product.series},
         )
-    )
+    ]
     if stage == "Won":
         assert close_date is not None and close_value is not None
-        row.commands.append(
+        commands.append(
             RecordActivity(
                 partner_id=agent.partner_id,
                 activity_type=DEAL_WON,
@@ -592,13 +714,31 @@ def _decode_pipeline_row(
                 },
             )
         )
-    for command in row.commands:
-        message = _pricing_problem(command, agent, program)
-        if message is not None:
-            column, text = message
-            reject(column, text, command.source_ref)
+
+    # Price each one as the application will: an activity the program does
+    # not reward is set aside, and any other pricing error rejects the row.
+    for command in commands:
+        problem = _pricing_problem(command, agent, program)
+        if problem is None:
+            row.commands.append(command)
+            continue
+        outcome, column, message = problem
+        entry = RowError(
+            PIPELINE_FILE,
+            number,
+            command.source_ref,
+            column,
+            values.get(column, ""),
+            message,
+            outcome,
+        )
+        if outcome is RowOutcome.NOT_REWARDABLE:
+            row.not_rewardable.append((command, entry))
+        else:
+            row.errors.append(entry)
     if row.errors:
         row.commands.clear()
+        row.not_rewardable.clear()
     return row
 
 
@@ -606,19 +746,31 @@ def _parse_date(
     values: Mapping[str, str],
     column: str,
     stage: str,
+    program: Program,
     reject: Callable[[str, str], None],
 ) -> date | None:
     text = values[column]
     if not text:
         reject(column, f"{column} is empty; a {stage} opportunity needs it, as YYYY-MM-DD")
         return None
+    parsed: date | None = None
     if _ISO_DATE.match(text):
         try:
-            return date.fromisoformat(text)
+            parsed = date.fromisoformat(text)
         except ValueError:
             pass
-    reject(column, f"{column} {text!r} is not a valid date; write it as YYYY-MM-DD")
-    return None
+    if parsed is None:
+        reject(column, f"{column} {text!r} is not a valid date; write it as YYYY-MM-DD")
+        return None
+
+    # The application rejects dates after today in the program's time zone;
+    # checking here keeps a Won row from being half recorded.
+    try:
+        program.check_not_future(parsed, field=column)
+    except InvalidInputError as error:
+        reject(column, error.message)
+        return None
+    return parsed
 
 
 def _parse_close_value(
@@ -641,28 +793,51 @@ def _parse_close_value(
 
 def _pricing_problem(
     command: RecordActivity, agent: _Agent, program: Program
-) -> tuple[str, str] | None:
-    """Return (column, message) if the application would reject the activity, else None."""
+) -> tuple[RowOutcome, str, str] | None:
+    """Return (outcome, column, message) if the application would not record the activity.
+
+    The outcome is ``NOT_REWARDABLE`` when the program does not reward the
+    activity: no rule set is in force on its date, the partner was not yet
+    enrolled then, or no rule prices it. It is ``REJECTED`` for any other
+    error, which means the row's data are invalid.
+    """
     columns = _COLUMN_OF_FIELD[command.activity_type]
+    date_column = columns["effective_date"]
+
+    # The rule set in force comes first, because its message names the date
+    # the program starts, which explains an early date best.
+    try:
+        rule_set = program.rule_set_on(command.effective_date)
+    except RuleNotFoundError as error:
+        return RowOutcome.NOT_REWARDABLE, date_column, error.message
     if command.effective_date < agent.enrolled_on:
         message = (
-            f"{columns['effective_date']} {command.effective_date.isoformat()} is before "
-            f"partner {agent.partner_id!r} enrolled on {agent.enrolled_on.isoformat()}, "
-            "the date the program's first rule set takes effect"
+            f"{date_column} {command.effective_date.isoformat()} is before partner "
+            f"{agent.partner_id!r} enrolled on {agent.enrolled_on.isoformat()}; the program "
+            "rewards a partner's activities from enrollment on"
         )
-        return columns["effective_date"], message
+        return RowOutcome.NOT_REWARDABLE, date_column, message
+
     try:
         compute_reward(
-            program.rule_set_on(command.effective_date),
+            rule_set,
             currency=program.currency,
             rounding=program.rounding,
             activity_type=command.activity_type,
             attributes=command.attributes,
             base=command.base_amount,
         )
+    except RuleNotFoundError as error:
+        return RowOutcome.NOT_REWARDABLE, columns.get(error.field or "", "product"), error.message
     except LedgerError as error:
-        return columns.get(error.field or "", "product"), error.message
+        return RowOutcome.REJECTED, columns.get(error.field or "", "product"), error.message
     return None
+
+
+def _count_not_rewardable(report: ImportReport, command: RecordActivity, entry: RowError) -> None:
+    report.not_rewardable_activities += 1
+    report.not_rewardable_by_type[command.activity_type] += 1
+    report.errors.append(entry)
 
 
 # Writing --------------------------------------------------------------------
@@ -690,20 +865,84 @@ def _record_batch(
             continue
         assert item.error is not None
         error = item.error
-        conflict = isinstance(error, ConflictError)
-        if conflict:
-            report.conflicts += 1
         # NOTE: the application rejects activities one by one, so when only one
         # of a Won row's two activities is rejected here (a conflict, in
         # practice), the other one is still recorded.
-        report.errors.append(
+        if isinstance(error, ConflictError):
+            report.conflicts += 1
+            report.errors.extend(_conflict_errors(row, command, error))
+            continue
+        not_rewardable = isinstance(error, RuleNotFoundError)
+        entry = RowError(
+            PIPELINE_FILE,
+            row.number,
+            command.source_ref,
+            _COLUMN_OF_FIELD[command.activity_type].get(error.field or "", ""),
+            error.value or "",
+            error.message,
+            RowOutcome.NOT_REWARDABLE if not_rewardable else RowOutcome.REJECTED,
+        )
+        if not_rewardable:
+            _count_not_rewardable(report, command, entry)
+        else:
+            report.errors.append(entry)
+
+
+def _conflict_errors(
+    row: _PipelineRow, command: RecordActivity, error: ConflictError
+) -> list[RowError]:
+    """Return one conflict entry per field whose recorded value differs from the row's.
+
+    Attributes differ key by key, so each entry names one CSV column, or
+    ``series`` for a product whose series in ``products.csv`` changed.
+    """
+    columns = _COLUMN_OF_FIELD[command.activity_type]
+    changes: list[tuple[str, Any, Any]] = []
+    for name, (stored, requested) in error.differences.items():
+        if name == "attributes" and isinstance(stored, dict) and isinstance(requested, dict):
+            changes.extend(
+                (key, stored.get(key), requested.get(key))
+                for key in sorted(stored.keys() | requested.keys())
+                if stored.get(key) != requested.get(key)
+            )
+        else:
+            changes.append((columns.get(name, name), stored, requested))
+    if not changes:
+        return [
             RowError(
                 PIPELINE_FILE,
                 row.number,
                 command.source_ref,
-                _COLUMN_OF_FIELD[command.activity_type].get(error.field or "", ""),
+                columns.get(error.field or "", ""),
                 error.value or "",
                 error.message,
-                conflict,
+                RowOutcome.CONFLICT,
+            )
+        ]
+
+    entries: list[RowError] = []
+    for column, stored, requested in changes:
+        source = f" (from {PRODUCTS_FILE})" if column == "series" else ""
+        message = (
+            f"source_ref {command.source_ref!r} is already recorded with {column} "
+            f"{_conflict_text(stored)}, but this row has {_conflict_text(requested)}{source}; "
+            f"a recorded activity never changes, so restore {_conflict_text(stored)}, or "
+            "reverse the earning and import the correction under a new opportunity_id"
+        )
+        value = row.values.get(column, _conflict_text(requested))
+        entries.append(
+            RowError(
+                PIPELINE_FILE,
+                row.number,
+                command.source_ref,
+                column,
+                value,
+                message,
+                RowOutcome.CONFLICT,
             )
         )
+    return entries
+
+
+def _conflict_text(value: Any) -> str:
+    return "(empty)" if value is None or value == "" else str(value)
