@@ -13,6 +13,7 @@ CREATE TABLE {schema}.programs (
     currency char(3) NOT NULL,
     time_zone text NOT NULL,
     rounding text NOT NULL,
+    tiers jsonb NOT NULL DEFAULT '[]',
     rule_sets jsonb NOT NULL DEFAULT '[]',
     position bigint NOT NULL
 );
@@ -28,6 +29,7 @@ CREATE TABLE {schema}.partners (
     enrolled_at timestamptz NOT NULL,
     position bigint NOT NULL
 );
+CREATE INDEX ON {schema}.partners (program_id, partner_id);
 
 -- Running totals per partner and currency, in minor units.
 CREATE TABLE {schema}.balances (

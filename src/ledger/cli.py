@@ -1,4 +1,4 @@
-"""The ``ledger`` command: serve, project, migrate, publish, import and inspect.
+"""The ``ledger`` command: serve, project, migrate, publish, enroll, import and inspect.
 
 Every command builds its services with :func:`ledger.bootstrap.bootstrap`,
 logs one structlog line (``command_finished`` or ``command_failed``) with its
@@ -8,6 +8,12 @@ progress bars go to stdout; progress bars only when stdout is a terminal.
 
 Exit status: 0 on success, 1 when the command failed, 3 when an import
 finished but rejected rows or met conflicts, 130 when interrupted.
+
+Without LEDGER_DATABASE_URL the commands use the embedded server in
+LEDGER_DATA_DIR. Only the commands that write (``serve``, ``migrate``,
+``program publish``, ``partner enroll``, ``import``) create it there; the
+others exit with status 1 when the folder contains no database, because an
+empty new database would only hide that they ran in the wrong folder.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import date, datetime
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,9 +40,10 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ledger.application.commands import CommandContext
+from ledger.application.commands import CommandContext, EnrollPartner
 from ledger.bootstrap import Services, bootstrap
 from ledger.errors import (
+    ConflictError,
     InvalidInputError,
     LedgerError,
     ProjectionLagError,
@@ -52,6 +60,7 @@ from ledger.importing.program_file import load_program_file
 from ledger.infrastructure.database import DatabaseUrl
 from ledger.infrastructure.schema import PROJECTION_NAMES, migrate, pending_projection_changes
 from ledger.logs import configure_logging
+from ledger.queries import fetch_statement, parse_period
 from ledger.settings import Settings
 
 __all__ = ["explain", "main"]
@@ -157,12 +166,46 @@ def _context(actor: str | None = None) -> CommandContext:
 
 
 @contextmanager
-def _services(settings: Settings, *, run_migrations: bool = True) -> Iterator[Services]:
+def _services(
+    settings: Settings, *, run_migrations: bool = True, create: bool = True
+) -> Iterator[Services]:
+    """Yield the services for ``settings`` and close them afterwards.
+
+    Args:
+        settings: The command's settings.
+        run_migrations: Apply pending migrations first.
+        create: Allow starting a new embedded database in ``settings.data_dir``.
+            Commands that only read or project pass False.
+
+    Raises:
+        StoreUnavailableError: ``create`` is False, LEDGER_DATABASE_URL is
+            unset and the data folder contains no embedded database.
+    """
+    if not create:
+        _require_embedded_database(settings)
     services = bootstrap(settings, run_migrations=run_migrations)
     try:
         yield services
     finally:
         services.close()
+
+
+def _require_embedded_database(settings: Settings) -> None:
+    """Raise unless a database is configured or the embedded one exists already."""
+    if settings.database_url:
+        return
+    data_dir = settings.data_dir.expanduser().resolve()
+    # Every initialised PostgreSQL data folder contains PG_VERSION.
+    if (data_dir / "pgdata" / "PG_VERSION").is_file():
+        return
+    raise StoreUnavailableError(
+        f"no ledger database in {data_dir}: LEDGER_DATABASE_URL is unset and "
+        "LEDGER_DATA_DIR contains no embedded database; run this command from the folder "
+        "where `ledger serve` ran, or set LEDGER_DATA_DIR to that folder's .ledger, or set "
+        "LEDGER_DATABASE_URL",
+        field="LEDGER_DATA_DIR",
+        value=str(data_dir),
+    )
 
 
 def _run(coroutine: Coroutine[Any, Any, _T]) -> _T:
@@ -322,7 +365,8 @@ def _load_demo(services: Services, program_file: Path | None, crm_dir: Path | No
     _print_import_report(report, crm_dir)
     if report.errors:
         error_console.print(
-            f"[yellow]{len(report.errors)} CRM rows were not imported;[/yellow] run "
+            f"[yellow]{len(report.errors)} CRM row problems (rejected, conflicting or not "
+            "rewardable);[/yellow] run "
             f"`ledger import crm-opportunities {escape(str(crm_dir))} --errors FILE` to list them"
         )
     return report
@@ -345,7 +389,7 @@ def project(ctx: click.Context) -> None:
     from ledger.projector import run_projector
 
     settings = _settings(ctx)
-    with _command("project") as fields, _services(settings) as services:
+    with _command("project") as fields, _services(settings, create=False) as services:
         fields["database"] = services.database.redacted
 
         async def follow() -> None:
@@ -417,6 +461,104 @@ def publish(ctx: click.Context, file: Path) -> None:
         )
 
 
+# partner enroll -------------------------------------------------------------------------
+
+
+@main.group()
+def partner() -> None:
+    """Manage partners."""
+
+
+@partner.command()
+@click.argument("program_id", metavar="PROGRAM")
+@click.argument("partner_id")
+@click.option("--name", "display_name", required=True, help="Display name shown on statements.")
+@click.option("--region", default="", help="Sales region; empty when not given.")
+@click.option(
+    "--manager", "channel_manager", default="", help="Channel manager; empty when not given."
+)
+@click.option(
+    "--tier",
+    default="registered",
+    show_default=True,
+    help="Starting tier; one of the program's tiers when its file lists them.",
+)
+@click.option(
+    "--effective-date",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    help="Enrollment date, YYYY-MM-DD; default today in the program's time zone.",
+)
+@click.pass_context
+def enroll(
+    ctx: click.Context,
+    program_id: str,
+    partner_id: str,
+    display_name: str,
+    region: str,
+    channel_manager: str,
+    tier: str,
+    effective_date: datetime | None,
+) -> None:
+    """Enroll PARTNER_ID in PROGRAM.
+
+    Enrolling again with the same details changes nothing; other details for
+    an enrolled partner are a conflict, and the command exits with status 1.
+    """
+    settings = _settings(ctx)
+    with _command("partner.enroll", program_id=program_id, partner_id=partner_id) as fields:
+        context = _context()
+        fields["correlation_id"] = context.correlation_id
+        with _services(settings) as services:
+            enrolled_on = (
+                effective_date.date()
+                if effective_date is not None
+                else _program_today(services, program_id)
+            )
+            command = EnrollPartner(
+                partner_id=partner_id,
+                display_name=display_name,
+                effective_date=enrolled_on,
+                region=region,
+                channel_manager=channel_manager,
+                tier=tier,
+            )
+            try:
+                created, position = services.app.enroll_partner(program_id, command, context)
+            except ConflictError as error:
+                raise ConflictError(
+                    _conflict_message(error),
+                    differences=error.differences,
+                    field=error.field,
+                    value=error.value,
+                ) from None
+        fields.update(created=created, position=position, effective_date=enrolled_on.isoformat())
+        if created:
+            console.print(
+                f"partner {escape(partner_id)} enrolled in program {escape(program_id)} "
+                f"from {enrolled_on.isoformat()}; position {position}"
+            )
+        else:
+            console.print(
+                f"partner {escape(partner_id)} was already enrolled in program "
+                f"{escape(program_id)} with these details; nothing changed; position {position}"
+            )
+
+
+def _program_today(services: Services, program_id: str) -> date:
+    """Return today's date in the time zone of ``program_id``."""
+    program = services.app.get_program(program_id)
+    return datetime.now(program.zone).date()
+
+
+def _conflict_message(error: ConflictError) -> str:
+    """Return ``error``'s message followed by each stored and requested value."""
+    details = "; ".join(
+        f"{name} is {stored!r}, not {requested!r}"
+        for name, (stored, requested) in error.differences.items()
+    )
+    return f"{error.message}: {details}" if details else error.message
+
+
 # import crm-opportunities -----------------------------------------------------------------
 
 
@@ -438,7 +580,10 @@ def import_group() -> None:
     "--errors",
     "errors_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write every row error to this CSV file (file, row, source_ref, field, value, message).",
+    help=(
+        "Write every row error to this CSV file "
+        "(file, row, source_ref, field, value, message, outcome)."
+    ),
 )
 @click.option(
     "--batch-size",
@@ -463,31 +608,81 @@ def crm_opportunities(
     Exits with status 3 when rows were rejected or conflicted.
     """
     settings = _settings(ctx)
-    with (
-        _command("import.crm_opportunities", program_id=program_id) as fields,
-        _services(settings) as services,
-    ):
-        started = time.perf_counter()
-        report = _import_with_progress(services, directory, program_id, batch_size)
-        seconds = time.perf_counter() - started
-        fields.update(
-            correlation_id=report.correlation_id,
-            rows=report.rows,
-            recorded=report.recorded,
-            already_recorded=report.already_recorded,
-            conflicts=report.conflicts,
-            not_rewardable=report.not_rewardable,
-            rejected_rows=report.rejected_rows,
-            seconds=round(seconds, 2),
-        )
-        _print_import_report(report, directory, seconds)
+    with _command("import.crm_opportunities", program_id=program_id) as fields:
+        # Checked first, so an unwritable path does not cost a whole import.
         if errors_file is not None:
+            _check_errors_file(errors_file)
+        with _services(settings) as services:
+            _import_and_report(services, directory, program_id, batch_size, errors_file, fields)
+
+
+def _import_and_report(
+    services: Services,
+    directory: Path,
+    program_id: str,
+    batch_size: int,
+    errors_file: Path | None,
+    fields: dict[str, Any],
+) -> None:
+    """Run the CRM import, print its report and write or print the row errors."""
+    started = time.perf_counter()
+    report = _import_with_progress(services, directory, program_id, batch_size)
+    seconds = time.perf_counter() - started
+    fields.update(
+        correlation_id=report.correlation_id,
+        rows=report.rows,
+        recorded=report.recorded,
+        already_recorded=report.already_recorded,
+        conflicts=report.conflicts,
+        not_rewardable=report.not_rewardable,
+        not_rewardable_activities=report.not_rewardable_activities,
+        rejected_rows=report.rejected_rows,
+        seconds=round(seconds, 2),
+    )
+    _print_import_report(report, directory, seconds)
+    if errors_file is not None:
+        try:
             written = write_error_file(errors_file, report.errors)
-            console.print(f"wrote {written} row errors to {escape(str(errors_file))}")
-        elif report.errors:
-            _print_errors(report)
-        if report.rejected_rows or report.conflicts:
-            raise _Exit(EXIT_ROWS_REJECTED, "rows_rejected")
+        except OSError as error:
+            # The import is done, so print every row error rather than lose them.
+            _print_errors(report, limit=len(report.errors))
+            raise LedgerError(
+                f"cannot write the row errors to {errors_file}: "
+                f"{error.strerror or error}; the import finished and its "
+                f"{len(report.errors)} row errors are printed above",
+                field="--errors",
+                value=str(errors_file),
+            ) from error
+        console.print(f"wrote {written} row errors to {escape(str(errors_file))}")
+    elif report.errors:
+        _print_errors(report)
+    if report.rejected_rows or report.conflicts:
+        raise _Exit(EXIT_ROWS_REJECTED, "rows_rejected")
+
+
+def _check_errors_file(path: Path) -> None:
+    """Raise unless ``path`` can be created or overwritten.
+
+    click has already rejected a ``path`` that is a folder.
+
+    Raises:
+        InvalidInputError: The folder of ``path`` is missing, or ``path`` or
+            its folder is not writable.
+    """
+    folder = path.parent
+    problem = None
+    if not folder.is_dir():
+        problem = f"is in folder {folder}, which does not exist; create the folder first"
+    elif path.exists() and not os.access(path, os.W_OK):
+        problem = "exists and is not writable; choose another file"
+    elif not path.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        problem = f"cannot be created because folder {folder} is not writable"
+    if problem is not None:
+        raise InvalidInputError(
+            f"--errors file {path} {problem}; nothing was imported",
+            field="--errors",
+            value=str(path),
+        )
 
 
 def _import_with_progress(
@@ -526,7 +721,8 @@ def _print_import_report(
         table.add_row(f"  {activity_type}", str(count))
     table.add_row("activities already recorded (identical)", str(report.already_recorded))
     table.add_row("activities in conflict", str(report.conflicts))
-    table.add_row("rows not rewardable", str(report.not_rewardable))
+    table.add_row("rows with nothing to reward (Prospecting)", str(report.not_rewardable))
+    table.add_row("activities not rewardable", str(report.not_rewardable_activities))
     table.add_row("rows rejected", str(report.rejected_rows))
     table.add_row(
         "partners enrolled / already enrolled",
@@ -541,17 +737,18 @@ def _print_import_report(
     console.print(line)
 
 
-def _print_errors(report: ImportReport) -> None:
-    table = Table(title=f"row errors (first {min(_ERRORS_SHOWN, len(report.errors))})")
+def _print_errors(report: ImportReport, *, limit: int = _ERRORS_SHOWN) -> None:
+    """Print the first ``limit`` row errors of ``report`` as a table."""
+    table = Table(title=f"row errors (first {min(limit, len(report.errors))})")
     for column in ("file", "row", "source ref", "field", "message"):
         table.add_column(column)
-    for error in report.errors[:_ERRORS_SHOWN]:
+    for error in report.errors[:limit]:
         table.add_row(
             error.file, str(error.row), escape(error.source_ref), error.field, escape(error.message)
         )
     console.print(table)
-    if len(report.errors) > _ERRORS_SHOWN:
-        console.print(f"{len(report.errors) - _ERRORS_SHOWN} more; pass --errors FILE to write all")
+    if len(report.errors) > limit:
+        console.print(f"{len(report.errors) - limit} more; pass --errors FILE to write all")
 
 
 # status -------------------------------------------------------------------------------
@@ -565,7 +762,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     from ledger.projector import projection_status
 
     settings = _settings(ctx)
-    with _command("status") as fields, _services(settings, run_migrations=False) as services:
+    with (
+        _command("status") as fields,
+        _services(settings, run_migrations=False, create=False) as services,
+    ):
         database = services.database
 
         async def read() -> list[Any]:
@@ -641,31 +841,41 @@ def statement(
     latest writes. When a projector is running elsewhere, the command waits for
     it instead, up to LEDGER_READ_WAIT_SECONDS.
     """
-    from ledger.queries import fetch_statement
-
     settings = _settings(ctx)
-    with (
-        _command("statement", partner_id=partner, period=period) as fields,
-        _services(settings, run_migrations=False) as services,
-    ):
-        database = services.database
-        target = services.app.head_position() if min_position is None else min_position
-        fields["min_position"] = target
-
-        async def read() -> Any:
-            await _projected_through(database, settings, target, catch_up=min_position is None)
-            conn = await _connect(database)
-            try:
-                return await fetch_statement(conn, partner, period)
-            finally:
-                await conn.close()
-
-        view = _run(read())
+    with _command("statement", partner_id=partner, period=period) as fields:
+        # A malformed period fails before the database starts.
+        parse_period(period)
+        with _services(settings, run_migrations=False, create=False) as services:
+            view = _read_statement(services, settings, partner, period, min_position, fields)
         fields["lines"] = len(view.lines)
         if as_json:
             click.echo(msgspec.json.format(msgspec.json.encode(view)).decode())
             return
         _print_statement(view)
+
+
+def _read_statement(
+    services: Services,
+    settings: Settings,
+    partner: str,
+    period: str,
+    min_position: int | None,
+    fields: dict[str, Any],
+) -> Any:
+    """Project through ``min_position`` (default: the head), then read the statement."""
+    database = services.database
+    target = services.app.head_position() if min_position is None else min_position
+    fields["min_position"] = target
+
+    async def read() -> Any:
+        await _projected_through(database, settings, target, catch_up=min_position is None)
+        conn = await _connect(database)
+        try:
+            return await fetch_statement(conn, partner, period)
+        finally:
+            await conn.close()
+
+    return _run(read())
 
 
 async def _projected_through(
@@ -778,7 +988,10 @@ def rebuild(ctx: click.Context, name: str) -> None:
     from ledger.projector import rebuild_projection
 
     settings = _settings(ctx)
-    with _command("rebuild", projection=name) as fields, _services(settings) as services:
+    with (
+        _command("rebuild", projection=name) as fields,
+        _services(settings, create=False) as services,
+    ):
         database = services.database
         if console.is_terminal:
             with _progress() as progress:

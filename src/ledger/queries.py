@@ -13,8 +13,8 @@ the sum of the per-month totals before it, and the closing balance is the
 opening balance plus the period's lines.
 
 Errors are ``ledger.errors`` types: :class:`NotFoundError` for an unknown
-partner, :class:`InvalidInputError` for a malformed period, cursor or limit,
-and :class:`StoreUnavailableError` when the database cannot be reached.
+program or partner, :class:`InvalidInputError` for a malformed period, cursor
+or limit, and :class:`StoreUnavailableError` when the database cannot be reached.
 """
 
 from __future__ import annotations
@@ -34,25 +34,45 @@ from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableErro
 
 __all__ = [
     "DEFAULT_EVENTS_LIMIT",
+    "DEFAULT_PARTNERS_LIMIT",
+    "FIRST_PERIOD",
+    "LAST_PERIOD",
     "MAX_EVENTS_LIMIT",
+    "MAX_PARTNERS_LIMIT",
     "BalanceView",
     "EventPage",
     "MoneyJSON",
     "PartnerEvent",
+    "PartnerPage",
     "PartnerProfile",
+    "PartnerSummary",
+    "ProgramView",
+    "RuleSetView",
+    "RuleView",
     "StatementLine",
     "StatementView",
     "fetch_balance",
     "fetch_partner",
     "fetch_partner_events",
+    "fetch_program",
+    "fetch_program_partners",
     "fetch_statement",
     "parse_period",
 ]
 
 DEFAULT_EVENTS_LIMIT = 100
 MAX_EVENTS_LIMIT = 1000
+DEFAULT_PARTNERS_LIMIT = 100
+# Both paged reads share one maximum, so one hint in problem documents fits both.
+MAX_PARTNERS_LIMIT = MAX_EVENTS_LIMIT
 
-_PERIOD_PATTERN = re.compile(r"(\d{4})-(\d{2})")
+# First and last statement periods parse_period accepts: whole years, so a
+# year check suffices. The upper bound keeps the first day of the following
+# month, where a statement ends, within Python's last year, 9999.
+FIRST_PERIOD = date(1900, 1, 1)
+LAST_PERIOD = date(9998, 12, 1)
+
+_PERIOD_PATTERN = re.compile(r"(\d{4})-(\d{2})", re.ASCII)
 
 # A pool, or one connection that a caller already acquired (the CLI, a test).
 Executor: TypeAlias = asyncpg.Pool | asyncpg.Connection
@@ -229,27 +249,161 @@ class EventPage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: int | None
 
 
+class RuleView(msgspec.Struct, frozen=True, kw_only=True):
+    """One rule of a published rule set.
+
+    Attributes:
+        id: Rule id, shown as ``rule_id`` on earnings and statement lines.
+        activity_type: Activity type the rule prices, such as ``deal_won``.
+        match: Attribute values an activity must carry for the rule to apply.
+        rate: Fraction of the base amount paid, a decimal string such as
+            ``"0.045"`` for 4.5%; ``None`` for fixed rules.
+        fixed_amount: Reward per activity in the program currency; ``None``
+            for rate rules.
+        description: The program's wording for the rule, empty when none.
+    """
+
+    id: str
+    activity_type: str
+    match: dict[str, str]
+    rate: str | None
+    fixed_amount: MoneyJSON | None
+    description: str
+
+
+class RuleSetView(msgspec.Struct, frozen=True, kw_only=True):
+    """A published rule set; it prices activities from ``effective_from`` on.
+
+    Attributes:
+        version: Rule set version, shown as ``rule_set_version`` on earnings.
+        effective_from: First date (program time zone) the set prices, until
+            the next version takes effect.
+        description: The program's wording for the set, empty when none.
+        rules: The set's rules. The most specific rule (most ``match`` keys)
+            that matches an activity prices it.
+    """
+
+    version: int
+    effective_from: date
+    description: str
+    rules: list[RuleView]
+
+
+class ProgramView(msgspec.Struct, frozen=True, kw_only=True):
+    """A program and every rule set it published.
+
+    Attributes:
+        program_id: The program's id.
+        name: Display name.
+        currency: ISO 4217 code of every reward the program pays.
+        time_zone: IANA zone that defines dates and statement periods.
+        rounding: Rounding mode applied once per line: half-up, half-even, down or up.
+        tiers: Tier names partners may hold, lowest first; empty allows any name.
+        rule_sets: Published rule sets in version order.
+        position: Event store position of the last event that changed the program.
+    """
+
+    program_id: str
+    name: str
+    currency: str
+    time_zone: str
+    rounding: str
+    tiers: list[str]
+    rule_sets: list[RuleSetView]
+    position: int
+
+
+class PartnerSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A partner in a program's partner list.
+
+    Attributes:
+        partner_id: The partner's id; the cursor of the list.
+        display_name: The partner's display name.
+        tier: Current tier.
+    """
+
+    partner_id: str
+    display_name: str
+    tier: str
+
+
+class PartnerPage(msgspec.Struct, frozen=True, kw_only=True):
+    """A page of a program's partners, ordered by partner id.
+
+    Attributes:
+        program_id: The program's id.
+        partners: Partners whose id sorts after the request's cursor.
+        next_cursor: Pass as ``after`` to read the next page; ``None`` when
+            this page reached the end of the list.
+    """
+
+    program_id: str
+    partners: list[PartnerSummary]
+    next_cursor: str | None
+
+
+class _StoredRule(msgspec.Struct, frozen=True):
+    """A rule as the projector stores it in ``statements.programs.rule_sets``."""
+
+    id: str
+    activity_type: str
+    match: dict[str, str] = {}
+    rate: str | None = None
+    fixed: str | None = None
+    description: str = ""
+
+
+class _StoredRuleSet(msgspec.Struct, frozen=True):
+    version: int
+    effective_from: date
+    rules: list[_StoredRule]
+    description: str = ""
+
+
 def parse_period(text: str, *, field: str = "period") -> date:
     """Return the first day of the month ``text`` (``YYYY-MM``).
 
     Raises:
-        InvalidInputError: ``text`` is not a year and a month from 01 to 12.
+        InvalidInputError: ``text`` is not a year and a month from 01 to 12,
+            or the month is outside :data:`FIRST_PERIOD` to :data:`LAST_PERIOD`.
     """
     match = _PERIOD_PATTERN.fullmatch(text)
-    if match is None or not 1 <= int(match.group(2)) <= 12 or int(match.group(1)) < 1:
+    if match is None or not 1 <= int(match.group(2)) <= 12:
         raise InvalidInputError(
             f"period {text!r} is not a calendar month; write it as YYYY-MM with a month "
             "from 01 to 12, such as 2016-03",
             field=field,
             value=text,
         )
-    return date(int(match.group(1)), int(match.group(2)), 1)
+    # The year is checked as a number, because year 0000 cannot be a Python date.
+    year, month = int(match.group(1)), int(match.group(2))
+    if not FIRST_PERIOD.year <= year <= LAST_PERIOD.year:
+        raise InvalidInputError(
+            f"period {text!r} is out of range; ask for a month from "
+            f"{_period_text(FIRST_PERIOD)} to {_period_text(LAST_PERIOD)} in YYYY-MM form",
+            field=field,
+            value=text,
+        )
+    return date(year, month, 1)
+
+
+def _period_text(start: date) -> str:
+    return f"{start.year:04d}-{start.month:02d}"
 
 
 def _next_month(start: date) -> date:
     if start.month == 12:
         return date(start.year + 1, 1, 1)
     return date(start.year, start.month + 1, 1)
+
+
+def _unknown_program(program_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"program {program_id!r} does not exist; check the id, or, if it was published "
+        "moments ago, retry with min_position set to the position the publish returned",
+        field="program_id",
+        value=program_id,
+    )
 
 
 def _unknown_partner(partner_id: str) -> NotFoundError:
@@ -261,12 +415,15 @@ def _unknown_partner(partner_id: str) -> NotFoundError:
     )
 
 
-def _json_object(value: Any) -> dict[str, Any]:
+def _json_value(value: Any) -> Any:
     # asyncpg returns jsonb as text unless the caller installed a codec.
     if isinstance(value, str | bytes):
-        decoded = msgspec.json.decode(value)
-    else:
-        decoded = value
+        return msgspec.json.decode(value)
+    return value
+
+
+def _json_object(value: Any) -> dict[str, Any]:
+    decoded = _json_value(value)
     return dict(decoded) if isinstance(decoded, dict) else {"value": decoded}
 
 
@@ -453,7 +610,7 @@ async def fetch_statement(executor: Executor, partner_id: str, period: str) -> S
     return StatementView(
         partner_id=partner_id,
         program_id=partner["program_id"],
-        period=f"{start.year:04d}-{start.month:02d}",
+        period=_period_text(start),
         currency=currency,
         opening_balance=MoneyJSON.from_minor(int(opening_minor), currency),
         closing_balance=MoneyJSON.from_minor(closing_minor, currency),
@@ -534,3 +691,115 @@ async def fetch_partner_events(
     ]
     next_cursor = page[-1]["position"] if len(rows) > limit else None
     return EventPage(partner_id=partner_id, events=events, next_cursor=next_cursor)
+
+
+async def fetch_program(executor: Executor, program_id: str) -> ProgramView:
+    """Return program ``program_id`` with its rule sets and rules.
+
+    Raises:
+        NotFoundError: The program is not in the ``statements`` projection.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    async with _snapshot(executor) as conn:
+        row = await conn.fetchrow(
+            """
+            SELECT program_id, name, currency, time_zone, rounding, tiers, rule_sets, position
+              FROM statements.programs
+             WHERE program_id = $1
+            """,
+            program_id,
+        )
+    if row is None:
+        raise _unknown_program(program_id)
+    currency = row["currency"].strip()
+    stored = msgspec.convert(_json_value(row["rule_sets"]), list[_StoredRuleSet])
+    return ProgramView(
+        program_id=row["program_id"],
+        name=row["name"],
+        currency=currency,
+        time_zone=row["time_zone"],
+        rounding=row["rounding"],
+        tiers=msgspec.convert(_json_value(row["tiers"]), list[str]),
+        rule_sets=[
+            _rule_set_view(rule_set, currency)
+            for rule_set in sorted(stored, key=lambda rule_set: rule_set.version)
+        ],
+        position=row["position"],
+    )
+
+
+def _rule_set_view(rule_set: _StoredRuleSet, currency: str) -> RuleSetView:
+    return RuleSetView(
+        version=rule_set.version,
+        effective_from=rule_set.effective_from,
+        description=rule_set.description,
+        rules=[
+            RuleView(
+                id=rule.id,
+                activity_type=rule.activity_type,
+                match=dict(rule.match),
+                rate=rule.rate,
+                # Publishing checked that the fixed amount fits the currency.
+                fixed_amount=None
+                if rule.fixed is None
+                else MoneyJSON.from_money(Money.parse(rule.fixed, currency)),
+                description=rule.description,
+            )
+            for rule in rule_set.rules
+        ],
+    )
+
+
+async def fetch_program_partners(
+    executor: Executor,
+    program_id: str,
+    after: str | None = None,
+    limit: int = DEFAULT_PARTNERS_LIMIT,
+) -> PartnerPage:
+    """Return up to ``limit`` partners of ``program_id`` whose id sorts after ``after``.
+
+    Partner ids are unique, so paging with ``next_cursor`` never repeats or
+    skips a partner that was enrolled before the first page was read.
+
+    Raises:
+        InvalidInputError: ``limit`` is outside 1..1000.
+        NotFoundError: The program is not in the ``statements`` projection.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    if not 1 <= limit <= MAX_PARTNERS_LIMIT:
+        raise InvalidInputError(
+            f"limit {limit} is out of range; ask for 1 to {MAX_PARTNERS_LIMIT} partners per page",
+            field="limit",
+            value=limit,
+        )
+
+    async with _snapshot(executor) as conn:
+        known = await conn.fetchval(
+            "SELECT EXISTS (SELECT 1 FROM statements.programs WHERE program_id = $1)",
+            program_id,
+        )
+        if not known:
+            raise _unknown_program(program_id)
+        # Fetching one row more than the limit shows whether another page follows.
+        rows = await conn.fetch(
+            """
+            SELECT partner_id, display_name, tier
+              FROM statements.partners
+             WHERE program_id = $1 AND partner_id > $2
+             ORDER BY partner_id
+             LIMIT $3
+            """,
+            program_id,
+            after or "",
+            limit + 1,
+        )
+
+    page = rows[:limit]
+    partners = [
+        PartnerSummary(
+            partner_id=row["partner_id"], display_name=row["display_name"], tier=row["tier"]
+        )
+        for row in page
+    ]
+    next_cursor = page[-1]["partner_id"] if len(rows) > limit else None
+    return PartnerPage(program_id=program_id, partners=partners, next_cursor=next_cursor)

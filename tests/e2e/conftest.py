@@ -47,13 +47,19 @@ def _rules(fixed: str) -> tuple[Rule, ...]:
     )
 
 
-def program_spec(program_id: str, currency: str, fixed: str) -> ProgramSpec:
+USD_TIERS = ["registered", "silver", "gold", "platinum"]
+
+
+def program_spec(
+    program_id: str, currency: str, fixed: str, tiers: list[str] | None = None
+) -> ProgramSpec:
     """Return a one-rule-set program: 4.5% GTX, 3% other wins, ``fixed`` per engagement."""
     return ProgramSpec(
         id=program_id,
         name=f"{program_id} rewards",
         currency=currency,
         rule_sets=[RuleSet(version=1, effective_from=ENROLLED_ON, rules=_rules(fixed))],
+        tiers=tiers or [],
     )
 
 
@@ -61,7 +67,7 @@ def program_spec(program_id: str, currency: str, fixed: str) -> ProgramSpec:
 def ledger_services(services: Services) -> Services:
     """``services`` with three published programs and four enrolled partners."""
     app = services.app
-    app.publish_program(program_spec(USD_PROGRAM, "USD", "5.00"), SETUP)
+    app.publish_program(program_spec(USD_PROGRAM, "USD", "5.00", USD_TIERS), SETUP)
     app.publish_program(program_spec(JPY_PROGRAM, "JPY", "500"), SETUP)
     app.publish_program(program_spec(BHD_PROGRAM, "BHD", "1.250"), SETUP)
     for program_id, partner_id in (

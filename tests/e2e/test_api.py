@@ -589,6 +589,19 @@ async def test_committed_openapi_matches_app(client: Client) -> None:
     assert committed == served
 
 
+async def test_schema_page_works_offline(client: Client) -> None:
+    response = await client.get("/schema")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")
+    page = response.text
+    assert '<a href="/schema/openapi.json">' in page
+    assert "/v1/programs/{program_id}/partners" in page
+    assert "<script" not in page
+    assert "http://" not in page
+    assert "https://" not in page
+
+
 async def test_openapi_documents_money_as_strings() -> None:
     schemas = openapi_document()["components"]["schemas"]
 

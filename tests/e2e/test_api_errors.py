@@ -2,12 +2,13 @@
 
 Every error is an RFC 9457 problem document. These tests send the mistakes a
 client makes: unknown ids, malformed JSON, floats for money, too many decimal
-places, bad periods and missing headers. Each checks the status, the problem
+places, bad periods, missing headers and bodies that are not JSON. Each checks the status, the problem
 type and that ``errors[0].field`` names what to fix.
 """
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -216,6 +217,79 @@ async def test_missing_nested_field_is_400(client: Client) -> None:
     assert problem["errors"][0]["field"] == "base_amount.currency"
 
 
+async def test_missing_fields_all_listed(client: Client) -> None:
+    response = await client.post(ADJUSTMENTS, json={}, headers=keyed())
+
+    problem = problem_of(response, 400)
+    assert [error["field"] for error in problem["errors"]] == [
+        "amount",
+        "effective_date",
+        "reason",
+    ]
+    assert problem["detail"].startswith("3 problems in the request")
+
+
+async def test_missing_nested_fields_all_listed(client: Client) -> None:
+    response = await client.post(ADJUSTMENTS, json=adjustment(amount={}), headers=keyed())
+
+    problem = problem_of(response, 400)
+    assert [error["field"] for error in problem["errors"]] == ["amount.amount", "amount.currency"]
+
+
+async def test_money_as_plain_string_shows_shape(client: Client) -> None:
+    response = await client.post(ACTIVITIES, json=activity(base_amount="100.00"))
+
+    problem = problem_of(response, 400)
+    error = problem["errors"][0]
+    assert error["field"] == "base_amount"
+    assert error["value"] == "100.00"
+    assert '{"amount": "100.00", "currency": "USD"}' in error["message"]
+
+
+async def test_empty_reason_says_empty(client: Client) -> None:
+    response = await client.post(ADJUSTMENTS, json=adjustment(reason=""), headers=keyed())
+
+    problem = problem_of(response, 400)
+    error = problem["errors"][0]
+    assert error["field"] == "reason"
+    assert error["value"] == ""
+    assert error["message"] == "reason is empty; send a non-empty string"
+
+
+async def test_too_long_reason_names_limit(client: Client) -> None:
+    response = await client.post(ADJUSTMENTS, json=adjustment(reason="r" * 2001), headers=keyed())
+
+    problem = problem_of(response, 400)
+    assert problem["errors"][0]["message"] == "reason is too long; send at most 2000 characters"
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/xml", None]
+)
+async def test_non_json_body_is_415(client: Client, content_type: str | None) -> None:
+    headers = {} if content_type is None else {"Content-Type": content_type}
+
+    response = await client.post(
+        ACTIVITIES, content=b'{"partner_id": "darcel-schlecht"}', headers=headers
+    )
+
+    problem = problem_of(response, 415)
+    assert problem["type"] == "/problems/unsupported-media-type"
+    assert problem["errors"][0]["field"] == "Content-Type"
+    assert problem["errors"][0]["value"] == content_type
+    assert "Content-Type: application/json" in problem["detail"]
+
+
+async def test_json_with_charset_is_accepted(client: Client) -> None:
+    response = await client.post(
+        ACTIVITIES,
+        content=json.dumps(activity()).encode(),
+        headers={"Content-Type": "application/json; charset=utf-8"},
+    )
+
+    assert response.status_code == 201, response.text
+
+
 async def test_unknown_field_is_400(client: Client) -> None:
     response = await client.post(ACTIVITIES, json=activity(base_amout="12.00"))
 
@@ -363,6 +437,27 @@ async def test_bad_period_is_422(client: Client, period: str) -> None:
     assert problem["errors"][0]["field"] == "period"
     assert problem["errors"][0]["value"] == period
     assert "YYYY-MM" in problem["errors"][0]["message"]
+
+
+@pytest.mark.parametrize("period", ["9999-12", "1899-12", "0000-01"])
+async def test_period_out_of_range_is_422(client: Client, period: str) -> None:
+    response = await client.get(f"/v1/partners/{USD_PARTNER}/statements/{period}")
+
+    problem = problem_of(response, 422)
+    assert problem["errors"][0]["field"] == "period"
+    assert problem["errors"][0]["value"] == period
+    assert "1900-01 to 9998-12" in problem["errors"][0]["message"]
+
+
+async def test_last_period_is_empty_statement(client: Client, ledger_services: Services) -> None:
+    response = await client.get(
+        f"/v1/partners/{USD_PARTNER}/statements/9998-12",
+        params={"min_position": ledger_services.app.head_position()},
+    )
+
+    assert response.status_code == 200, response.text
+    assert response.json()["period"] == "9998-12"
+    assert response.json()["lines"] == []
 
 
 async def test_activity_without_rule_is_422(client: Client) -> None:

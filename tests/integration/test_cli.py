@@ -16,6 +16,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -132,6 +133,91 @@ def test_invalid_setting_exits_without_traceback(env: dict[str, str]) -> None:
     assert "Traceback" not in result.output
 
 
+# partner enroll ----------------------------------------------------------------------
+
+
+def enroll(env: dict[str, str], *extra: str) -> Result:
+    return run(
+        ["partner", "enroll", "crm-channel", "ada-lovelace", "--name", "Ada Lovelace", *extra],
+        env,
+    )
+
+
+def test_enroll_creates_then_is_unchanged(env: dict[str, str]) -> None:
+    publish(env)
+    details = ("--region", "West", "--manager", "Rosie Hurst", "--effective-date", "2016-03-01")
+
+    first = enroll(env, *details)
+    second = enroll(env, *details)
+
+    assert first.exit_code == 0, first.output
+    assert "partner ada-lovelace enrolled in program crm-channel from 2016-03-01" in first.stdout
+    logged = command_line(first.stderr)
+    assert logged["command"] == "partner.enroll"
+    assert logged["created"] is True
+    assert logged["position"] > 0
+    assert second.exit_code == 0, second.output
+    assert "already enrolled" in second.stdout
+    assert command_line(second.stderr)["created"] is False
+    assert command_line(second.stderr)["position"] == logged["position"]
+
+
+def test_enroll_defaults_to_today(env: dict[str, str]) -> None:
+    publish(env)
+    # The program's time zone is UTC; reading the date around the command
+    # keeps the test correct when it runs across midnight.
+    before = datetime.now(UTC).date().isoformat()
+
+    result = enroll(env)
+
+    after = datetime.now(UTC).date().isoformat()
+    assert result.exit_code == 0, result.output
+    assert command_line(result.stderr)["effective_date"] in {before, after}
+
+
+def test_enroll_conflict_shows_values(env: dict[str, str]) -> None:
+    publish(env)
+    enroll(env, "--region", "West", "--effective-date", "2016-03-01")
+
+    result = enroll(env, "--region", "North", "--effective-date", "2016-03-01")
+
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert "region is 'West', not 'North'" in message
+    assert "Traceback" not in result.output
+    assert command_line(result.stderr)["error"] == "ConflictError"
+
+
+def test_enroll_unknown_tier_exits_1(env: dict[str, str]) -> None:
+    publish(env)
+
+    result = enroll(env, "--tier", "diamond", "--effective-date", "2016-03-01")
+
+    assert result.exit_code == 1
+    assert "diamond" in result.stderr
+    assert command_line(result.stderr)["field"] == "tier"
+
+
+def test_enroll_unknown_program_exits_1(env: dict[str, str]) -> None:
+    result = run(["partner", "enroll", "nowhere", "ada", "--name", "Ada"], env)
+
+    assert result.exit_code == 1
+    assert "program 'nowhere' does not exist" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_enrolled_partner_gets_statement(env: dict[str, str]) -> None:
+    publish(env)
+    enroll(env, "--effective-date", "2016-03-01")
+
+    result = run(["statement", "ada-lovelace", "2016-03", "--json"], env)
+
+    assert result.exit_code == 0, result.output
+    view = json.loads(result.stdout)
+    assert view["program_id"] == "crm-channel"
+    assert view["lines"] == []
+
+
 # import ------------------------------------------------------------------------------
 
 
@@ -175,7 +261,7 @@ def test_import_row_errors_exit_3_with_file(env: dict[str, str], tmp_path: Path)
     assert result.exit_code == 3
     assert "wrote 1 row errors" in result.stdout
     rows = errors_file.read_text(encoding="utf-8").splitlines()
-    assert rows[0] == "file,row,source_ref,field,value,message"
+    assert rows[0].startswith("file,row,source_ref,field,value,message")
     assert rows[1].startswith("sales_pipeline.csv,7,OPP00009,product,GTX Turbo,")
     logged = command_line(result.stderr)
     assert logged["outcome"] == "rows_rejected"
@@ -192,6 +278,42 @@ def test_import_row_errors_listed_without_file(env: dict[str, str], tmp_path: Pa
     assert result.exit_code == 3
     assert "OPP00009" in result.stdout
     assert "row errors" in result.stdout
+
+
+def test_import_errors_folder_missing(env: dict[str, str], crm_dir: Path, tmp_path: Path) -> None:
+    publish(env)
+    errors_file = tmp_path / "no-such-folder" / "errors.csv"
+
+    result = run(["import", "crm-opportunities", str(crm_dir), "--errors", str(errors_file)], env)
+    statement = run(["statement", "ada-quill", "2016-10"], env)
+
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert f"folder {errors_file.parent}, which does not exist" in message
+    assert "nothing was imported" in message
+    assert "Traceback" not in result.output
+    assert command_line(result.stderr)["field"] == "--errors"
+    assert statement.exit_code == 1
+    assert "partner 'ada-quill' does not exist" in statement.stderr
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux /dev/full")
+def test_import_errors_file_write_failure(env: dict[str, str], tmp_path: Path) -> None:
+    publish(env)
+    folder = write_crm(
+        tmp_path / "bad", [*SMALL_PIPELINE, "OPP00009,Ada Quill,GTX Turbo,,Engaging,2016-11-01,,"]
+    )
+
+    # Writing to /dev/full fails with ENOSPC, like a full disk.
+    result = run(["import", "crm-opportunities", str(folder), "--errors", "/dev/full"], env)
+
+    assert result.exit_code == 1
+    assert "cannot write the row errors to /dev/full" in " ".join(result.stderr.split())
+    assert "OPP00009" in result.stdout
+    assert "Traceback" not in result.output
+    logged = command_line(result.stderr)
+    assert logged["outcome"] == "failed"
+    assert logged["recorded"] == 6
 
 
 def test_import_missing_folder_exits_1(env: dict[str, str], tmp_path: Path) -> None:
@@ -265,6 +387,41 @@ def test_statement_bad_period_exits_1(env: dict[str, str], crm_dir: Path) -> Non
 
     assert result.exit_code == 1
     assert "YYYY-MM" in result.stderr
+
+
+@pytest.mark.parametrize("period", ["9999-12", "0000-01"])
+def test_statement_period_out_of_range(env: dict[str, str], period: str) -> None:
+    result = run(["statement", "ada-quill", period], env)
+
+    assert result.exit_code == 1
+    assert "is out of range" in result.stderr
+    assert "Traceback" not in result.output
+    assert command_line(result.stderr)["field"] == "period"
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status"], ["statement", "ada-quill", "2016-10"], ["project"], ["rebuild", "history"]],
+)
+def test_read_commands_need_existing_database(tmp_path: Path, args: list[str]) -> None:
+    data_dir = tmp_path / "elsewhere"
+    # None removes the variable from the command's environment.
+    no_database: dict[str, str | None] = {
+        "LEDGER_DATABASE_URL": None,
+        "LEDGER_DATA_DIR": str(data_dir),
+        "LEDGER_LOG_FORMAT": "json",
+    }
+
+    result = CliRunner().invoke(main, args, env=no_database, catch_exceptions=False)
+
+    assert result.exit_code == 1
+    message = " ".join(result.stderr.split())
+    assert f"no ledger database in {data_dir}" in message
+    assert "LEDGER_DATA_DIR" in message
+    assert "LEDGER_DATABASE_URL" in message
+    assert "Traceback" not in result.output
+    assert command_line(result.stderr)["field"] == "LEDGER_DATA_DIR"
+    assert not data_dir.exists()
 
 
 def test_statement_min_position_not_reached(env: dict[str, str], crm_dir: Path) -> None:

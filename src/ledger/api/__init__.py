@@ -6,7 +6,9 @@
   thread, and reads query the projections through :mod:`ledger.queries`.
 * ``schemas``: request and response bodies (msgspec), with money as decimal strings.
 * ``problems``: the mapping of every error to an RFC 9457 problem document.
-* ``context`` and ``middleware``: request id, actor and the per-request log line.
+* ``context`` and ``middleware``: request id, actor, the JSON body check and
+  the per-request log line.
+* ``docs``: the offline HTML index served at ``/schema``.
 
 The OpenAPI document is served at ``/schema/openapi.json`` and committed as
 ``api/openapi.json`` (regenerate it with ``scripts/export_openapi.py``).

@@ -21,10 +21,12 @@ import structlog
 from litestar import Litestar
 from litestar.datastructures import State
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import HeaderParameter
 
 from ledger import projector
-from ledger.api.context import MAX_HEADER_TEXT, REQUEST_ID_HEADER
+from ledger.api.context import MAX_HEADER_TEXT, REQUEST_ID_HEADER, require_json_body
+from ledger.api.docs import SchemaIndexPlugin
 from ledger.api.middleware import RequestLogMiddleware
 from ledger.api.problems import handle_exception
 from ledger.api.routes import ROUTE_HANDLERS
@@ -78,6 +80,7 @@ def _build(
         route_handlers=ROUTE_HANDLERS,
         middleware=[RequestLogMiddleware()],
         exception_handlers={Exception: handle_exception},
+        before_request=require_json_body,
         lifespan=lifespan,
         state=state,
         parameters={
@@ -97,6 +100,9 @@ def _build(
             version=_package_version(),
             description=_DESCRIPTION,
             path="/schema",
+            # A plain page at /schema: the default viewers load scripts from
+            # a CDN and stay blank offline.
+            render_plugins=[SchemaIndexPlugin(), JsonRenderPlugin()],
         ),
         # The structlog request line replaces Litestar's own logging.
         logging_config=None,

@@ -6,6 +6,9 @@ The middleware rejects an invalid header with a 400 problem document. The id
 is stored in the ASGI scope on first use, so the middleware, the exception
 handler and the route handlers of one request all see the same id. Every
 event a write produces carries it as its correlation id.
+
+:func:`require_json_body` runs before every handler and rejects a request
+body that is not declared as JSON, before Litestar tries to decode it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from typing import Any
 
 from litestar import Request
 
-from ledger.api.errors import BadRequestError
+from ledger.api.errors import BadRequestError, UnsupportedMediaTypeError
 from ledger.application.commands import CommandContext
 
 __all__ = [
@@ -26,6 +29,7 @@ __all__ = [
     "command_context",
     "invalid_request_id",
     "request_id_of",
+    "require_json_body",
 ]
 
 REQUEST_ID_HEADER = "X-Request-ID"
@@ -34,6 +38,9 @@ DEFAULT_ACTOR = "api"
 MAX_HEADER_TEXT = 100
 
 _STATE_KEY = "ledger_request_id"
+
+# Methods whose Content-Type is checked even when the body is empty.
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def _is_valid_text(value: str) -> bool:
@@ -93,3 +100,45 @@ def command_context(request: Request[Any, Any, Any], actor: str | None) -> Comma
             value=actor[:MAX_HEADER_TEXT],
         )
     return CommandContext(actor=actor.strip(), correlation_id=request_id_of(request.scope))
+
+
+def _is_json_media_type(content_type: str) -> bool:
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    kind, _, subtype = media_type.partition("/")
+    return kind == "application" and (subtype == "json" or subtype.endswith("+json"))
+
+
+def _has_body(request: Request[Any, Any, Any]) -> bool:
+    length = request.headers.get("content-length")
+    if length is not None:
+        return length.strip() not in {"", "0"}
+    return "transfer-encoding" in request.headers
+
+
+async def require_json_body(request: Request[Any, Any, Any]) -> None:
+    """Reject a body whose Content-Type is not JSON; Litestar ``before_request`` hook.
+
+    A body with no Content-Type is rejected too. A POST, PUT or PATCH without
+    a body or Content-Type passes, so the handler's validation reports the
+    missing body, and so does any other request without a body.
+
+    Raises:
+        UnsupportedMediaTypeError: The body is not declared as
+            ``application/json`` or another ``application/*+json`` type.
+    """
+    has_body = _has_body(request)
+    if request.method not in _BODY_METHODS and not has_body:
+        return
+    content_type = request.headers.get("content-type")
+    if content_type is None:
+        if not has_body:
+            return
+    elif _is_json_media_type(content_type):
+        return
+    sent_type = None if content_type is None else content_type[:MAX_HEADER_TEXT]
+    raise UnsupportedMediaTypeError(
+        f"Content-Type {sent_type or '(none)'} is not supported; send the body as JSON with "
+        "the header Content-Type: application/json",
+        field="Content-Type",
+        value=sent_type,
+    )

@@ -12,11 +12,15 @@ from typing import Any
 from ledger.api.schemas import ProjectionHealth
 from ledger.errors import InvalidInputError, ProjectionLagError
 
-__all__ = ["BadRequestError", "ProjectionsBehindError"]
+__all__ = ["BadRequestError", "ProjectionsBehindError", "UnsupportedMediaTypeError"]
 
 
 class BadRequestError(InvalidInputError):
     """A header or other request envelope value is missing or malformed (HTTP 400)."""
+
+
+class UnsupportedMediaTypeError(InvalidInputError):
+    """A request body is sent with a Content-Type other than JSON (HTTP 415)."""
 
 
 class ProjectionsBehindError(ProjectionLagError):

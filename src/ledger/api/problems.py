@@ -9,6 +9,7 @@ error                                  status  problem type
 malformed JSON, wrong type, missing    400     invalid-request
 field or header (Litestar validation)
 ``BadRequestError`` (bad header)       400     invalid-request
+``UnsupportedMediaTypeError``          415     unsupported-media-type
 ``NotFoundError``, unknown path        404     not-found
 ``ConflictError``                      409     conflict
 ``RuleNotFoundError``                  422     rule-not-found
@@ -42,7 +43,7 @@ from litestar.exceptions import (
 from litestar.utils.scope.state import ScopeState
 
 from ledger.api.context import REQUEST_ID_HEADER, request_id_of
-from ledger.api.errors import BadRequestError, ProjectionsBehindError
+from ledger.api.errors import BadRequestError, ProjectionsBehindError, UnsupportedMediaTypeError
 from ledger.api.schemas import (
     ErrorDetail,
     ProblemDocument,
@@ -87,7 +88,7 @@ _FIELD_HINTS = {
         "send a unique key, such as a UUID, with every write, and reuse it only to retry "
         "the same request"
     ),
-    "limit": f"ask for 1 to {MAX_EVENTS_LIMIT} events per page",
+    "limit": f"ask for 1 to {MAX_EVENTS_LIMIT} entries per page",
     "after": "pass the next_cursor of the previous page, or leave it out to start at the beginning",
     "min_position": "pass the position a write returned, a whole number of 0 or more",
 }
@@ -131,6 +132,13 @@ PROBLEM_TYPES: dict[str, ProblemType] = {
             "The request could not be decoded: malformed JSON, a value of the wrong JSON "
             "type, a missing or unknown field, or a missing or malformed header or query "
             "parameter. Each entry of errors names the field; fix it and send again.",
+        ),
+        ProblemType(
+            "unsupported-media-type",
+            "Unsupported media type",
+            415,
+            "The request body was sent with a Content-Type other than JSON, or with none. "
+            "Send the body as JSON with the header Content-Type: application/json.",
         ),
         ProblemType(
             "not-found",
@@ -286,6 +294,8 @@ def _problem_for(request: Request[Any, Any, Any], exc: Exception) -> _Problem:
             return _Problem(503, exc.message, "store-unavailable", headers=retry)
         case ConflictError():
             return _conflict(exc)
+        case UnsupportedMediaTypeError():
+            return _Problem(415, exc.message, "unsupported-media-type", [_ledger_detail(exc)])
         case BadRequestError():
             return _Problem(400, exc.message, "invalid-request", [_ledger_detail(exc)])
         case RuleNotFoundError():
@@ -340,7 +350,7 @@ def _conflict(exc: ConflictError) -> _Problem:
             message=(
                 f"{difference.field} was {difference.stored!r} in the original request and is "
                 f"{difference.requested!r} in this one; send the original value to retry, or "
-                "use a new key or source_ref for a new request"
+                "use a new key, source_ref or partner_id for a new request"
             ),
         )
         for difference in differences
@@ -374,7 +384,12 @@ def _validation_errors(
 ) -> list[ErrorDetail]:
     """Return one :class:`ErrorDetail` per message of a Litestar validation error."""
     if isinstance(exc.extra, list) and exc.extra:
-        return [_validation_detail(request, item) for item in exc.extra if isinstance(item, dict)]
+        return [
+            detail
+            for item in exc.extra
+            if isinstance(item, dict)
+            for detail in _validation_details(request, item)
+        ]
     missing = _MISSING_PARAMETER.search(str(exc.detail))
     if missing is not None:
         source, name = missing.groups()
@@ -387,26 +402,82 @@ def _validation_errors(
     return [ErrorDetail(field=None, value=None, message=str(exc.detail))]
 
 
-def _validation_detail(request: Request[Any, Any, Any], item: dict[str, Any]) -> ErrorDetail:
-    key = str(item.get("key", ""))
+def _validation_details(request: Request[Any, Any, Any], item: dict[str, Any]) -> list[ErrorDetail]:
+    """Return the details of one Litestar validation message.
+
+    msgspec stops at the first missing field, so a missing field is reported
+    together with every other required field missing from the same object.
+    """
+    missing = _MISSING_FIELD.search(str(item.get("message", "")))
+    if missing is not None and _source_of(item) == "body":
+        path = _body_path(str(item.get("key", "")))
+        names = _missing_fields(request, path)
+        if missing.group(1) not in names:
+            names.insert(0, missing.group(1))
+        return [
+            ErrorDetail(field=name, message=f"{name} is missing; add it to the request body")
+            for name in (_join(path, name) for name in names)
+        ]
+    return [_validation_detail(request, item)]
+
+
+def _source_of(item: dict[str, Any]) -> str:
     # Litestar gives the source as a plain string for the body and as a
     # ParamType enum for parameters.
     raw_source = item.get("source", "")
-    source = str(getattr(raw_source, "value", raw_source))
+    return str(getattr(raw_source, "value", raw_source))
+
+
+def _body_path(key: str) -> str:
+    # Litestar names the handler's "data" parameter for the body as a whole.
+    return "" if key == "data" else key.replace("[...]", "")
+
+
+def _missing_fields(request: Request[Any, Any, Any], path: str) -> list[str]:
+    """Return the required fields of the object at ``path`` that the body lacks.
+
+    Returns an empty list when the object's type or value cannot be found,
+    and the caller then reports only the field msgspec named.
+    """
+    handler = request.scope.get("route_handler")
+    data = getattr(handler, "parsed_fn_signature", None)
+    field_definition = data.parameters.get("data") if data is not None else None
+    if field_definition is None:
+        return []
+    value = ScopeState.from_scope(request.scope).json if not path else _body_value(request, path)
+    struct = _struct_info(msgspec.inspect.type_info(field_definition.annotation))
+    for step in path.split(".") if path else []:
+        if struct is None:
+            return []
+        field = next((f for f in struct.fields if f.encode_name == step), None)
+        struct = None if field is None else _struct_info(field.type)
+    if struct is None or not isinstance(value, dict):
+        return []
+    return [f.encode_name for f in struct.fields if f.required and f.encode_name not in value]
+
+
+def _struct_info(info: msgspec.inspect.Type) -> msgspec.inspect.StructType | None:
+    """Return the Struct type of ``info``, looking inside ``Optional`` and unions."""
+    if isinstance(info, msgspec.inspect.StructType):
+        return info
+    if isinstance(info, msgspec.inspect.UnionType):
+        structs = [t for t in info.types if isinstance(t, msgspec.inspect.StructType)]
+        return structs[0] if len(structs) == 1 else None
+    return None
+
+
+def _validation_detail(request: Request[Any, Any, Any], item: dict[str, Any]) -> ErrorDetail:
+    key = str(item.get("key", ""))
+    source = _source_of(item)
     text = str(item.get("message", "invalid value"))
 
-    # The body as a whole: Litestar names the handler's "data" parameter.
     if source == "body":
-        path = "" if key == "data" else key.replace("[...]", "")
+        path = _body_path(key)
         if text == "'data'":
             return ErrorDetail(
                 field="body",
                 message="the request body is missing; send a JSON object",
             )
-        missing = _MISSING_FIELD.search(text)
-        if missing is not None:
-            name = _join(path, missing.group(1))
-            return ErrorDetail(field=name, message=f"{name} is missing; add it to the request body")
         unknown = _UNKNOWN_FIELD.search(text)
         if unknown is not None:
             name = _join(path, unknown.group(1))
@@ -417,9 +488,7 @@ def _validation_detail(request: Request[Any, Any, Any], item: dict[str, Any]) ->
             )
         name = path or "body"
         return ErrorDetail(
-            field=name,
-            value=_body_value(request, path),
-            message=f"{name} is invalid: {_lower_first(text)}{_type_hint(name, text)}",
+            field=name, value=_body_value(request, path), message=_invalid_body_message(name, text)
         )
 
     # Query, path and header parameters.
@@ -444,7 +513,29 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+# msgspec's wording for a string outside its length bounds.
+_STRING_TOO_SHORT = re.compile(r"Expected `str` of length >= (\d+)")
+_STRING_TOO_LONG = re.compile(r"Expected `str` of length <= (\d+)")
+
+_MONEY_EXAMPLE = '{"amount": "100.00", "currency": "USD"}'
+
+
+def _invalid_body_message(name: str, text: str) -> str:
+    """Return the message for body field ``name`` that msgspec rejected with ``text``."""
+    if (too_short := _STRING_TOO_SHORT.search(text)) is not None:
+        if too_short.group(1) == "1":
+            return f"{name} is empty; send a non-empty string"
+        return f"{name} is too short; send at least {too_short.group(1)} characters"
+    if (too_long := _STRING_TOO_LONG.search(text)) is not None:
+        return f"{name} is too long; send at most {too_long.group(1)} characters"
+    return f"{name} is invalid: {_lower_first(text)}{_type_hint(name, text)}"
+
+
 def _type_hint(name: str, text: str) -> str:
+    # Money fields are the request fields named amount or ending in _amount.
+    is_money = name.rsplit(".", 1)[-1] == "amount" or name.endswith("_amount")
+    if is_money and "Expected `object" in text:
+        return f"; send money as an object such as {_MONEY_EXAMPLE}, in the program's currency"
     if name.endswith("amount") and "Expected `str`" in text:
         return '; send money amounts as decimal strings such as "47.43", never as JSON numbers'
     if "RFC3339 encoded date" in text:

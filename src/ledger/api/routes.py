@@ -34,6 +34,8 @@ from ledger.api.schemas import (
     AdjustmentRequest,
     AdjustmentResponse,
     EarningResponse,
+    EnrollmentRequest,
+    EnrollmentResponse,
     HealthResponse,
     ProblemDocument,
     ProblemTypeDoc,
@@ -44,7 +46,13 @@ from ledger.api.schemas import (
     TierResponse,
     parse_money,
 )
-from ledger.application.commands import ChangeTier, RecordActivity, RecordAdjustment, ReverseEarning
+from ledger.application.commands import (
+    ChangeTier,
+    EnrollPartner,
+    RecordActivity,
+    RecordAdjustment,
+    ReverseEarning,
+)
 from ledger.bootstrap import Services
 from ledger.errors import NotFoundError, StoreUnavailableError
 from ledger.projector import ProjectionStatus, projection_status, wait_for_position
@@ -60,6 +68,8 @@ _STATEMENTS = ("statements",)
 _HISTORY = ("history",)
 
 _Request = Request[Any, Any, Any]
+
+_PERIOD_RANGE = f"{queries.FIRST_PERIOD:%Y-%m} to {queries.LAST_PERIOD:%Y-%m}"
 
 
 # Shared parameters --------------------------------------------------------
@@ -114,6 +124,7 @@ _READ_PROBLEMS = {
     404: _problem("The partner does not exist."),
     503: _problem("The projections did not reach min_position in time, or the database is down."),
 }
+_PROGRAM_READ_PROBLEMS = {**_READ_PROBLEMS, 404: _problem("The program does not exist.")}
 
 
 def _write_problems(retry_model: type[Any]) -> dict[int, ResponseSpec]:
@@ -126,6 +137,7 @@ def _write_problems(retry_model: type[Any]) -> dict[int, ResponseSpec]:
         400: _problem("Malformed JSON, a wrong JSON type, or a missing field or header."),
         404: _problem("The program, partner or earning does not exist."),
         409: _problem("The key or source_ref was used before with other content."),
+        415: _problem("The body is not sent as JSON (Content-Type: application/json)."),
         422: _problem("The input breaks a ledger rule."),
         503: _problem("The database is unavailable; retrying is safe."),
     }
@@ -191,6 +203,56 @@ def _projection_health(status: ProjectionStatus) -> ProjectionHealth:
 
 
 @post(
+    "/v1/programs/{program_id:str}/partners",
+    status_code=HTTP_201_CREATED,
+    tags=["writes"],
+    summary="Enroll a partner",
+    description=(
+        "Enroll a partner in the program from effective_date on. A partner id belongs to "
+        "one program. Sending the same enrollment again returns it with 200, and sending "
+        "other details for an enrolled partner id is a 409 conflict listing the differing "
+        "fields."
+    ),
+    responses=_write_problems(EnrollmentResponse),
+)
+async def enroll_partner(
+    request: _Request,
+    program_id: _ProgramId,
+    data: JSONBody[EnrollmentRequest],
+    x_actor: _Actor = None,
+) -> Response[EnrollmentResponse]:
+    """Enroll a partner in ``program_id``."""
+    context = command_context(request, x_actor)
+    command = EnrollPartner(
+        partner_id=data.partner_id,
+        display_name=data.display_name,
+        effective_date=data.effective_date,
+        region=data.region,
+        channel_manager=data.channel_manager,
+        tier=data.tier,
+        source_ref=data.source_ref,
+    )
+    app = _services(request).app
+    created, position = await _run_command(
+        partial(app.enroll_partner, program_id, command, context),
+    )
+    # A repeated enrollment only succeeds with the same details as the stored
+    # one, so the response can echo the request.
+    body = EnrollmentResponse(
+        created=created,
+        partner_id=command.partner_id,
+        program_id=program_id,
+        display_name=command.display_name,
+        region=command.region,
+        channel_manager=command.channel_manager,
+        tier=command.tier,
+        enrolled_on=command.effective_date,
+        position=position,
+    )
+    return _written(body, created)
+
+
+@post(
     "/v1/programs/{program_id:str}/activities",
     status_code=HTTP_201_CREATED,
     tags=["writes"],
@@ -222,9 +284,19 @@ async def record_activity(
         attributes=dict(data.attributes),
     )
     app = _services(request).app
-    outcome = await _run_command(
-        partial(app.record_activity, program_id, command, context),
-    )
+    try:
+        outcome = await _run_command(
+            partial(app.record_activity, program_id, command, context),
+        )
+    except NotFoundError as error:
+        if error.field != "partner_id":
+            raise
+        raise NotFoundError(
+            f"partner {command.partner_id!r} is not enrolled; enroll it first with "
+            f"POST /v1/programs/{program_id}/partners, then record its activities",
+            field="partner_id",
+            value=command.partner_id,
+        ) from error
     return _written(EarningResponse.from_outcome(outcome), outcome.created)
 
 
@@ -328,6 +400,55 @@ async def change_tier(
 
 
 @get(
+    "/v1/programs/{program_id:str}",
+    tags=["reads"],
+    summary="Read a program and its rules",
+    description=(
+        "The program's currency, time zone and rounding, and every published rule set "
+        "with its rules: the rules that priced each earning, named by rule_set_version "
+        "and rule_id on earnings and statement lines."
+    ),
+    responses=_PROGRAM_READ_PROBLEMS,
+)
+async def get_program(
+    request: _Request, program_id: _ProgramId, min_position: _MinPosition = None
+) -> queries.ProgramView:
+    """Return ``program_id`` from the statements projection."""
+    await _await_projections(request, min_position, _STATEMENTS)
+    return await queries.fetch_program(_pool(request), program_id)
+
+
+@get(
+    "/v1/programs/{program_id:str}/partners",
+    tags=["reads"],
+    summary="List a program's partners",
+    description=(
+        "Partners ordered by partner_id. Pass next_cursor as after to read the next page; "
+        "next_cursor is null on the last page."
+    ),
+    responses=_PROGRAM_READ_PROBLEMS,
+)
+async def list_partners(
+    request: _Request,
+    program_id: _ProgramId,
+    after: Annotated[
+        str | None,
+        QueryParameter(
+            max_length=100, description="Return partners whose id sorts after this cursor."
+        ),
+    ] = None,
+    limit: Annotated[
+        int,
+        QueryParameter(ge=1, le=queries.MAX_PARTNERS_LIMIT, description="Partners per page."),
+    ] = queries.DEFAULT_PARTNERS_LIMIT,
+    min_position: _MinPosition = None,
+) -> queries.PartnerPage:
+    """Return a page of the partners of ``program_id``."""
+    await _await_projections(request, min_position, _STATEMENTS)
+    return await queries.fetch_program_partners(_pool(request), program_id, after, limit)
+
+
+@get(
     "/v1/partners/{partner_id:str}",
     tags=["reads"],
     summary="Read a partner's profile",
@@ -364,12 +485,20 @@ async def get_balance(
         "opening balance, every line effective in the month with its explanation, and the "
         "closing balance, which equals the opening balance plus the lines."
     ),
-    responses={**_READ_PROBLEMS, 422: _problem("The period is not YYYY-MM.")},
+    responses={
+        **_READ_PROBLEMS,
+        422: _problem(f"The period is not YYYY-MM, or is outside {_PERIOD_RANGE}."),
+    },
 )
 async def get_statement(
     request: _Request,
     partner_id: _PartnerId,
-    period: Annotated[str, PathParameter(description="Calendar month, YYYY-MM, such as 2016-03.")],
+    period: Annotated[
+        str,
+        PathParameter(
+            description=f"Calendar month, YYYY-MM, from {_PERIOD_RANGE}, such as 2016-03."
+        ),
+    ],
     min_position: _MinPosition = None,
 ) -> queries.StatementView:
     """Return the statement of ``partner_id`` for ``period``."""
@@ -486,10 +615,13 @@ async def describe_problem(
 
 
 ROUTE_HANDLERS = [
+    enroll_partner,
     record_activity,
     record_adjustment,
     reverse_earning,
     change_tier,
+    get_program,
+    list_partners,
     get_partner,
     get_balance,
     get_statement,

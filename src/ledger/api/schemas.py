@@ -32,6 +32,8 @@ __all__ = [
     "AdjustmentRequest",
     "AdjustmentResponse",
     "EarningResponse",
+    "EnrollmentRequest",
+    "EnrollmentResponse",
     "ErrorDetail",
     "HealthResponse",
     "MoneyInput",
@@ -98,6 +100,55 @@ def parse_money(value: MoneyInput, field: str) -> Money:
     """
     currency_exponent(value.currency, field=f"{field}.currency")
     return Money.parse(value.amount, value.currency, field=f"{field}.amount")
+
+
+class EnrollmentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A partner to enroll in the program; unique by ``partner_id`` across programs."""
+
+    partner_id: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=100,
+            description=(
+                "New partner's id: letters, digits, '-', '_' or '.', such as darcel-schlecht. "
+                "Sending the same enrollment again returns the original."
+            ),
+        ),
+    ]
+    display_name: Annotated[
+        str, msgspec.Meta(min_length=1, max_length=200, description="Name shown on statements.")
+    ]
+    effective_date: Annotated[
+        date,
+        msgspec.Meta(
+            description=(
+                "Enrollment date in the program's time zone, YYYY-MM-DD, not later than "
+                "today; activities, adjustments and tier changes may not predate it."
+            )
+        ),
+    ]
+    region: Annotated[
+        str, msgspec.Meta(max_length=200, description="Sales region, empty when unknown.")
+    ] = ""
+    channel_manager: Annotated[
+        str,
+        msgspec.Meta(
+            max_length=200, description="Channel manager responsible, empty when unknown."
+        ),
+    ] = ""
+    tier: Annotated[
+        str,
+        msgspec.Meta(
+            min_length=1,
+            max_length=100,
+            description="Starting tier; a tier of the program when the program lists tiers.",
+        ),
+    ] = "registered"
+    source_ref: Annotated[
+        str,
+        msgspec.Meta(max_length=200, description="Id of the partner in its source system, if any."),
+    ] = ""
 
 
 class ActivityRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -258,6 +309,29 @@ class EarningResponse(msgspec.Struct, frozen=True, kw_only=True):
 
 def _money_or_none(money: Money | None) -> MoneyJSON | None:
     return None if money is None else MoneyJSON.from_money(money)
+
+
+class EnrollmentResponse(msgspec.Struct, frozen=True, kw_only=True):
+    """An enrolled partner.
+
+    Attributes:
+        created: False when an identical earlier enrollment was found instead.
+        tier: The tier the partner was enrolled in; ``GET /v1/partners/{id}``
+            shows the current tier.
+        enrolled_on: Effective date of the enrollment.
+        position: Event store position of the enrollment; pass it as
+            ``min_position`` to read the partner back.
+    """
+
+    created: bool
+    partner_id: str
+    program_id: str
+    display_name: str
+    region: str
+    channel_manager: str
+    tier: str
+    enrolled_on: date
+    position: int
 
 
 class AdjustmentResponse(msgspec.Struct, frozen=True, kw_only=True):

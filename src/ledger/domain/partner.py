@@ -179,7 +179,7 @@ class Partner(Aggregate):
             )
         if not reason.strip():
             raise InvalidInputError(
-                "reason is empty; say why the tier changes, for example \"annual review\"",
+                'reason is empty; say why the tier changes, for example "annual review"',
                 field="reason",
             )
         self.trigger_event(

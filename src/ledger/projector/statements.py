@@ -62,9 +62,9 @@ def _statements(schema: str) -> dict[str, str]:
     return {
         "insert_programs": f"""
             INSERT INTO {s}.programs
-                (program_id, name, currency, time_zone, rounding, rule_sets, position)
+                (program_id, name, currency, time_zone, rounding, rule_sets, position, tiers)
             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
-                                 $6::jsonb[], $7::bigint[])
+                                 $6::jsonb[], $7::bigint[], $8::jsonb[])
         """,
         "append_rule_sets": f"""
             UPDATE {s}.programs AS p
@@ -277,6 +277,7 @@ class StatementsProjection(Projection):
                     event.rounding,
                     [],
                     position,
+                    json_text(list(event.tiers)),
                 ]
             elif isinstance(event, Program.RuleSetPublished):
                 program_id = batch.creation_of(event).program_id
@@ -293,7 +294,7 @@ class StatementsProjection(Projection):
             rows = list(new_programs.values())
             for row in rows:
                 row[5] = json_text(row[5])
-            await conn.execute(sql["insert_programs"], *_columns(rows, 7))
+            await conn.execute(sql["insert_programs"], *_columns(rows, 8))
         if appended_rule_sets:
             await conn.execute(
                 sql["append_rule_sets"],
