@@ -549,6 +549,29 @@ async def fetch_balance(executor: Executor, partner_id: str) -> BalanceView:
     )
 
 
+_STATEMENT_QUERY = """
+    WITH partner AS (
+        SELECT p.program_id, g.currency
+          FROM statements.partners AS p
+          JOIN statements.programs AS g USING (program_id)
+         WHERE p.partner_id = $1
+    ), opening AS (
+        SELECT coalesce(sum(t.amount_minor), 0) AS opening_minor
+          FROM statements.period_totals AS t, partner
+         WHERE t.partner_id = $1 AND t.currency = partner.currency AND t.period < $2
+    )
+    SELECT partner.program_id, partner.currency, opening.opening_minor,
+           l.effective_date, l.kind, l.source_ref, l.amount_minor, l.explanation,
+           l.position, l.recorded_at
+      FROM partner
+     CROSS JOIN opening
+      LEFT JOIN statements.statement_lines AS l
+        ON l.partner_id = $1 AND l.currency = partner.currency
+       AND l.effective_date >= $2 AND l.effective_date < $3
+     ORDER BY l.effective_date, l.position
+"""
+
+
 async def fetch_statement(executor: Executor, partner_id: str, period: str) -> StatementView:
     """Return the statement of ``partner_id`` for the month ``period`` (``YYYY-MM``).
 
@@ -562,37 +585,18 @@ async def fetch_statement(executor: Executor, partner_id: str, period: str) -> S
     """
     start = parse_period(period)
     end = _next_month(start)
-    async with _snapshot(executor) as conn:
-        # The partner row fixes the currency, so a partner without lines
-        # still gets a statement in its program currency.
-        partner = await _partner_row(conn, partner_id)
-        currency = partner["currency"].strip()
-
-        opening_minor = await conn.fetchval(
-            """
-            SELECT coalesce(sum(amount_minor), 0)
-              FROM statements.period_totals
-             WHERE partner_id = $1 AND currency = $2 AND period < $3
-            """,
-            partner_id,
-            currency,
-            start,
-        )
-
-        rows = await conn.fetch(
-            """
-            SELECT effective_date, kind, source_ref, amount_minor, explanation,
-                   position, recorded_at
-              FROM statements.statement_lines
-             WHERE partner_id = $1 AND currency = $2
-               AND effective_date >= $3 AND effective_date < $4
-             ORDER BY effective_date, position
-            """,
-            partner_id,
-            currency,
-            start,
-            end,
-        )
+    # One statement reads the partner, the opening balance and the lines, so
+    # it sees one snapshot of the projections without an explicit transaction
+    # and costs one round trip. The partner's program fixes the currency, so a
+    # partner without lines still gets a row (with null line columns).
+    with _database_errors():
+        records = await executor.fetch(_STATEMENT_QUERY, partner_id, start, end)
+    if not records:
+        raise _unknown_partner(partner_id)
+    first = records[0]
+    currency = first["currency"].strip()
+    opening_minor = int(first["opening_minor"])
+    rows = [record for record in records if record["position"] is not None]
 
     lines = [
         StatementLine(
@@ -606,13 +610,13 @@ async def fetch_statement(executor: Executor, partner_id: str, period: str) -> S
         )
         for row in rows
     ]
-    closing_minor = int(opening_minor) + sum(int(row["amount_minor"]) for row in rows)
+    closing_minor = opening_minor + sum(int(row["amount_minor"]) for row in rows)
     return StatementView(
         partner_id=partner_id,
-        program_id=partner["program_id"],
+        program_id=first["program_id"],
         period=_period_text(start),
         currency=currency,
-        opening_balance=MoneyJSON.from_minor(int(opening_minor), currency),
+        opening_balance=MoneyJSON.from_minor(opening_minor, currency),
         closing_balance=MoneyJSON.from_minor(closing_minor, currency),
         lines=lines,
     )

@@ -494,12 +494,15 @@ def test_partner_stream_stays_short(ledger: Services, monkeypatch: pytest.Monkey
 
     assert stream_length(ledger.database, partner_id_uuid(PARTNER)) == 1
     assert stream_length(ledger.database, program_id_uuid(PROGRAM)) == 2
-    assert loaded == loaded_for_first
-    assert {originator_id for originator_id, _ in loaded} == {
+    # The application may reuse a program or partner it loaded before, so the
+    # last recording loads at most what the first one did: the program (2
+    # events) and the partner (1 event), never the 500 earnings in between.
+    assert set(loaded) <= set(loaded_for_first)
+    assert {originator_id for originator_id, _ in loaded_for_first} <= {
         program_id_uuid(PROGRAM),
         partner_id_uuid(PARTNER),
     }
-    assert sum(count for _, count in loaded) == 3
+    assert sum(count for _, count in loaded) <= 3
 
 
 # Adjustments --------------------------------------------------------------------

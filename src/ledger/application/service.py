@@ -107,6 +107,15 @@ class LedgerApplication(Application[UUID]):
     snapshotting_intervals = {Partner: 100}  # noqa: RUF012
     env = {"CREATE_TABLE": "no"}  # noqa: RUF012
 
+    def __init__(self, env: Mapping[str, str] | None = None) -> None:
+        super().__init__(env)
+        # Read-only copies used to price activities, each kept while it is
+        # current: a program while its stream version is unchanged, a partner
+        # forever, because pricing reads only enrollment facts, which never
+        # change. Commands that change a program or partner load it afresh.
+        self._pricing_programs: dict[str, Program] = {}
+        self._pricing_partners: dict[str, Partner] = {}
+
     def construct_transcoder(self) -> Transcoder:
         return MsgspecTranscoder()
 
@@ -384,7 +393,7 @@ class LedgerApplication(Application[UUID]):
         commands: Sequence[RecordActivity],
         context: CommandContext,
     ) -> list[BatchItem]:
-        program = self.get_program(program_id)
+        program = self._pricing_program(program_id)
         partners = self._load_partners({c.partner_id for c in commands})
         ids = [earning_id(program_id, c.source_ref) for c in commands]
         existing = self._load_first_events(ids)
@@ -706,13 +715,42 @@ class LedgerApplication(Application[UUID]):
         )
 
     def _load_partners(self, partner_ids: set[str]) -> dict[str, Partner]:
+        """Return the enrolled partners among ``partner_ids``, for pricing only.
+
+        The objects may be cached and stale on tier, so callers read only
+        partner id, program id and enrollment date from them.
+        """
         partners: dict[str, Partner] = {}
         for partner_id in partner_ids:
-            try:
-                partners[partner_id] = self._load_partner(partner_id)
-            except (NotFoundError, InvalidInputError):
-                continue
+            partner = self._pricing_partners.get(partner_id)
+            if partner is None:
+                try:
+                    partner = self._load_partner(partner_id)
+                except (NotFoundError, InvalidInputError):
+                    continue
+                self._pricing_partners[partner_id] = partner
+            partners[partner_id] = partner
         return partners
+
+    def _pricing_program(self, program_id: str) -> Program:
+        """Return program ``program_id`` for pricing, reusing a copy that is still current.
+
+        One primary-key lookup finds the stream's latest version; the program
+        is replayed only when a rule set was published since it was cached.
+        """
+        cached = self._pricing_programs.get(program_id)
+        if cached is not None:
+            with self._connection() as conn:
+                row = conn.execute(
+                    "SELECT max(originator_version) AS version FROM ledger_events "
+                    "WHERE originator_id = %s",
+                    (cached.id,),
+                ).fetchone()
+            if row is not None and row["version"] == cached.version:
+                return cached
+        program = self.get_program(program_id)
+        self._pricing_programs[program_id] = program
+        return program
 
     def _find_receipt(
         self, partner_id: str, kind: str, key: str, request: dict[str, Any]
