@@ -365,10 +365,47 @@ def _shared_decoding(batch_size: int) -> DecodedEvents:
     return DecodedEvents(capacity=2 * batch_size * len(PROJECTION_NAMES))
 
 
+class _Pacer:
+    """Keeps catch-up tasks within one batch of each other.
+
+    Tasks that apply the same positions at about the same time find each
+    event already decoded by whichever task read it first. Without pacing,
+    the projection with the cheapest writes runs ahead of the shared cache
+    and every event ends up decoded once per projection.
+    """
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._rounds = dict.fromkeys(names, 0)
+        self._changed = asyncio.Condition()
+
+    async def finish_round(self, name: str) -> None:
+        """Count a batch of ``name``, then wait until no task is more than one batch behind."""
+        async with self._changed:
+            self._rounds[name] += 1
+            self._changed.notify_all()
+            await self._changed.wait_for(
+                lambda: self._rounds[name] <= min(self._rounds.values()) + 1
+            )
+
+    async def leave(self, name: str) -> None:
+        """Stop pacing ``name``, which finished or failed, so the others never wait for it."""
+        async with self._changed:
+            self._rounds.pop(name, None)
+            self._changed.notify_all()
+
+
 async def _catch_up_one(
-    database: DatabaseUrl, projection: Projection, batch_size: int, decoded: DecodedEvents
+    database: DatabaseUrl,
+    projection: Projection,
+    batch_size: int,
+    decoded: DecodedEvents,
+    pacer: _Pacer,
 ) -> int:
-    conn = await connect(database, f"ledger-catch-up:{projection.name}")
+    try:
+        conn = await connect(database, f"ledger-catch-up:{projection.name}")
+    except BaseException:
+        await pacer.leave(projection.name)
+        raise
     try:
         with store_errors(f"preparing to catch up projection {projection.name}"):
             head = await read_head(conn)
@@ -382,7 +419,9 @@ async def _catch_up_one(
             total += result.events
             if result.events == 0 or result.position >= head:
                 return total
+            await pacer.finish_round(projection.name)
     finally:
+        await pacer.leave(projection.name)
         await close_connection(conn)
 
 
@@ -414,8 +453,12 @@ async def catch_up(
     _check_batch_size(batch_size, "batch_size")
 
     decoded = _shared_decoding(batch_size)
+    pacer = _Pacer(projection.name for projection in projections)
     results = await asyncio.gather(
-        *(_catch_up_one(database, projection, batch_size, decoded) for projection in projections),
+        *(
+            _catch_up_one(database, projection, batch_size, decoded, pacer)
+            for projection in projections
+        ),
         return_exceptions=True,
     )
 
