@@ -423,23 +423,19 @@ class LedgerApplication(Application[UUID]):
             except LedgerError as error:
                 items[index] = BatchItem(None, error)
 
-        positions: dict[UUID, int] = {}
         for start in range(0, len(new), _SAVE_CHUNK):
+            chunk = new[start : start + _SAVE_CHUNK]
             # New earnings are single-event streams with no snapshots or
             # subscribers, so their events go straight to the event store;
             # Application.save would spend a fifth of an import on checking
             # each object against its runtime protocols.
-            chunk = [
-                event
-                for _, earning in new[start : start + _SAVE_CHUNK]
-                for event in earning.collect_events()
-            ]
-            for recording in self.events.put(chunk):
-                positions[recording.domain_event.originator_id] = recording.notification.id
-        for index, earning in new:
-            items[index] = BatchItem(
-                ActivityOutcome(True, _aggregate_view(earning), positions[earning.id]), None
-            )
+            events = [event for _, earning in chunk for event in earning.collect_events()]
+            for (index, _), recording in zip(chunk, self.events.put(events), strict=True):
+                created = recording.domain_event
+                assert isinstance(created, Earning.Earned)
+                items[index] = BatchItem(
+                    ActivityOutcome(True, _earning_view(created), recording.notification.id), None
+                )
 
         for index, command in enumerate(commands):
             if items[index] is None:
@@ -916,28 +912,6 @@ def _earning_view(event: Earning.Earned) -> EarningView:
         rounding=event.rounding,
         amount=Money(event.amount_minor, currency),
         recorded_at=event.timestamp,
-    )
-
-
-def _aggregate_view(earning: Earning) -> EarningView:
-    currency = earning.currency
-    return EarningView(
-        earning_id=earning.id,
-        program_id=earning.program_id,
-        partner_id=earning.partner_id,
-        activity_type=earning.activity_type,
-        source_ref=earning.source_ref,
-        effective_date=earning.effective_date,
-        attributes=dict(earning.attributes),
-        base_amount=None if earning.base_minor is None else Money(earning.base_minor, currency),
-        rule_set_version=earning.rule_set_version,
-        rule_id=earning.rule_id,
-        rate=earning.rate,
-        fixed_amount=None if earning.fixed_minor is None else Money(earning.fixed_minor, currency),
-        unrounded_minor=earning.unrounded_minor,
-        rounding=earning.rounding.value,
-        amount=earning.amount,
-        recorded_at=earning.created_on,
     )
 
 
