@@ -22,6 +22,7 @@ import asyncio
 import getpass
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping
@@ -313,27 +314,51 @@ def serve(
     settings = _settings(ctx)
     host = host or settings.host
     port = settings.port if port is None else port
-    with (
-        _command("serve", host=host, port=port, demo=demo) as fields,
-        _services(settings) as services,
-    ):
-        fields["database"] = services.database.redacted
-        if demo:
-            report = _load_demo(services, program_file, crm_dir)
-            fields.update(recorded=report.recorded, already_recorded=report.already_recorded)
-        app = create_app(services, run_projector=not no_projector)
-        error_console.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
+    with _command("serve", host=host, port=port, demo=demo) as fields:
+        _check_port_free(host, port)
+        with _services(settings) as services:
+            fields["database"] = services.database.redacted
+            if demo:
+                report = _load_demo(services, program_file, crm_dir)
+                fields.update(recorded=report.recorded, already_recorded=report.already_recorded)
+            app = create_app(services, run_projector=not no_projector)
+            error_console.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
 
-        # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the
-        # signal again. Catching it here lets this command log how it ended.
-        previous = signal.signal(signal.SIGTERM, _raise_stop)
+            # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the
+            # signal again. Catching it here lets this command log how it ended.
+            previous = signal.signal(signal.SIGTERM, _raise_stop)
+            try:
+                # The API logs one structlog line per request, so uvicorn's access
+                # log is off.
+                uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+            except (KeyboardInterrupt, _StopRequested):
+                fields["stopped_by"] = "signal"
+            finally:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise a clear error before start-up when ``host:port`` cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as error:
+        raise InvalidInputError(
+            f"host {host!r} cannot be resolved ({error.strerror}); pass --host or set LEDGER_HOST",
+            field="--host",
+            value=host,
+        ) from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            # The API logs one structlog line per request, so uvicorn's access log is off.
-            uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
-        except (KeyboardInterrupt, _StopRequested):
-            fields["stopped_by"] = "signal"
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            probe.bind(address)
+        except OSError as error:
+            raise InvalidInputError(
+                f"cannot listen on {host}:{port} ({error.strerror}); another process may use "
+                "the port, so pass --port or set LEDGER_PORT",
+                field="--port",
+                value=port,
+            ) from None
 
 
 class _StopRequested(Exception):
@@ -479,9 +504,9 @@ def partner() -> None:
 )
 @click.option(
     "--tier",
-    default="registered",
-    show_default=True,
-    help="Starting tier; one of the program's tiers when its file lists them.",
+    default=None,
+    help="Starting tier, one of the program's tiers when its file lists them; "
+    "default the program's lowest tier.",
 )
 @click.option(
     "--effective-date",
@@ -496,7 +521,7 @@ def enroll(
     display_name: str,
     region: str,
     channel_manager: str,
-    tier: str,
+    tier: str | None,
     effective_date: datetime | None,
 ) -> None:
     """Enroll PARTNER_ID in PROGRAM.
@@ -520,7 +545,7 @@ def enroll(
                 effective_date=enrolled_on,
                 region=region,
                 channel_manager=channel_manager,
-                tier=tier,
+                tier=tier or services.app.get_program(program_id).default_tier,
             )
             try:
                 created, position = services.app.enroll_partner(program_id, command, context)

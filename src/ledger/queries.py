@@ -210,10 +210,12 @@ class PartnerEvent(msgspec.Struct, frozen=True, kw_only=True):
     """One event in a partner's history.
 
     Attributes:
-        position: Event store position; the cursor of the history.
+        position: Event store position, unique per event; the cursor of the history.
         event_type: Event class, such as ``Earning.Earned``.
-        event_id: Id of the stream (aggregate) the event belongs to.
-        event_version: Version of the event within its stream.
+        stream_id: Id of the stream (aggregate) the event belongs to. An earning
+            and its reversals share one stream, as do a partner's enrollment and
+            tier changes, so ``(stream_id, stream_version)`` identifies an event.
+        stream_version: Version of the event within its stream.
         effective_date: Business date of the event, when it has one.
         recorded_at: When the event was recorded (UTC).
         actor: Who issued the command.
@@ -224,8 +226,8 @@ class PartnerEvent(msgspec.Struct, frozen=True, kw_only=True):
 
     position: int
     event_type: str
-    event_id: UUID
-    event_version: int
+    stream_id: UUID
+    stream_version: int
     effective_date: date | None
     recorded_at: datetime
     actor: str
@@ -682,8 +684,8 @@ async def fetch_partner_events(
         PartnerEvent(
             position=row["position"],
             event_type=row["event_type"],
-            event_id=row["event_id"],
-            event_version=row["event_version"],
+            stream_id=row["event_id"],
+            stream_version=row["event_version"],
             effective_date=row["effective_date"],
             recorded_at=row["recorded_at"],
             actor=row["actor"],

@@ -510,24 +510,22 @@ async def test_min_position_reads_own_write(client: Client) -> None:
         assert balance.json()["line_count"] == index + 1
 
 
-async def test_min_position_beyond_head_is_503(
+async def test_min_position_beyond_head_is_422(
     client_factory: Callable[..., Client], ledger_services: Services
 ) -> None:
-    unreachable = head_position(ledger_services) + 1000
+    head = head_position(ledger_services)
+    unreachable = head + 1000
 
     async with client_factory(read_wait_seconds=0.2) as short_wait:
         response = await short_wait.get(
             f"/v1/partners/{USD_PARTNER}/balance", params={"min_position": unreachable}
         )
 
-    assert response.status_code == 503
-    assert response.headers["Retry-After"] == "1"
+    assert response.status_code == 422
     problem = response.json()
-    assert problem["type"] == "/problems/projections-behind"
-    assert problem["title"] == "Projections are behind"
     assert problem["errors"][0]["field"] == "min_position"
-    assert [p["name"] for p in problem["projections"]] == ["statements"]
-    assert problem["projections"][0]["position"] < unreachable
+    assert problem["errors"][0]["value"] == str(unreachable)
+    assert f"head {head}" in problem["detail"]
 
 
 async def test_reads_without_projector_are_503(

@@ -822,3 +822,29 @@ def test_program_tiers_cannot_change(services: Services) -> None:
         services.app.publish_program(changed, CONTEXT)
 
     assert set(raised.value.differences) == {"tiers"}
+
+
+def test_enrollment_defaults_to_lowest_tier(services: Services) -> None:
+    spec = tiered_program()
+    services.app.publish_program(
+        ProgramSpec(
+            id=spec.id,
+            name=spec.name,
+            currency=spec.currency,
+            rule_sets=spec.rule_sets,
+            time_zone=spec.time_zone,
+            tiers=["bronze", "silver", "gold"],
+        ),
+        CONTEXT,
+    )
+
+    created, _ = services.app.enroll_partner(
+        PROGRAM,
+        EnrollPartner(
+            partner_id=PARTNER, display_name="Darcel Schlecht", effective_date=date(2024, 1, 15)
+        ),
+        CONTEXT,
+    )
+
+    assert created
+    assert services.app.get_partner(PARTNER).tier == "bronze"

@@ -94,7 +94,9 @@ def test_find_rule_ignores_other_activity_types() -> None:
 
     assert "'deal_won'" in raised.value.message
     assert "certification" in raised.value.message
-    assert raised.value.field == "activity_type"
+    assert "accept series GTX" in raised.value.message
+    assert raised.value.field == "attributes.series"
+    assert raised.value.value == "MG"
 
 
 def test_equally_specific_overlap_is_rejected() -> None:
@@ -369,3 +371,14 @@ def test_unpriced_activity_raises_rule_not_found() -> None:
             attributes={},
             base=None,
         )
+
+
+def test_missing_match_attribute_is_named() -> None:
+    rules = rule_set(1, date(2024, 1, 1), SERIES)
+
+    with pytest.raises(RuleNotFoundError) as raised:
+        rules.find_rule("deal_won", {})
+
+    assert raised.value.field == "attributes.series"
+    assert raised.value.value is None
+    assert "no series" in raised.value.message

@@ -54,7 +54,7 @@ from ledger.application.commands import (
     ReverseEarning,
 )
 from ledger.bootstrap import Services
-from ledger.errors import NotFoundError, StoreUnavailableError
+from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 from ledger.projector import ProjectionStatus, projection_status, wait_for_position
 
 __all__ = ["ROUTE_HANDLERS"]
@@ -182,6 +182,15 @@ async def _await_projections(
         raise StoreUnavailableError(
             f"the read database is unavailable: {error}; retry the request"
         ) from error
+    head = max((status.head for status in statuses), default=0)
+    if min_position > head:
+        # No wait can help: no event has this position yet.
+        raise InvalidInputError(
+            f"min_position {min_position} is past the event store head {head}; pass a "
+            "position that a write returned",
+            field="min_position",
+            value=min_position,
+        )
     projections = [_projection_health(status) for status in statuses if status.name in names]
     behind = ", ".join(f"{p.name} at {p.position}" for p in projections)
     raise ProjectionsBehindError(
@@ -223,19 +232,24 @@ async def enroll_partner(
 ) -> Response[EnrollmentResponse]:
     """Enroll a partner in ``program_id``."""
     context = command_context(request, x_actor)
-    command = EnrollPartner(
-        partner_id=data.partner_id,
-        display_name=data.display_name,
-        effective_date=data.effective_date,
-        region=data.region,
-        channel_manager=data.channel_manager,
-        tier=data.tier,
-        source_ref=data.source_ref,
-    )
     app = _services(request).app
-    created, position = await _run_command(
-        partial(app.enroll_partner, program_id, command, context),
-    )
+
+    def enroll() -> tuple[EnrollPartner, str, bool, int]:
+        # The default tier is resolved here too, so the response can echo it.
+        tier = data.tier or app.get_program(program_id).default_tier
+        command = EnrollPartner(
+            partner_id=data.partner_id,
+            display_name=data.display_name,
+            effective_date=data.effective_date,
+            region=data.region,
+            channel_manager=data.channel_manager,
+            tier=tier,
+            source_ref=data.source_ref,
+        )
+        created, position = app.enroll_partner(program_id, command, context)
+        return command, tier, created, position
+
+    command, tier, created, position = await _run_command(enroll)
     # A repeated enrollment only succeeds with the same details as the stored
     # one, so the response can echo the request.
     body = EnrollmentResponse(
@@ -245,7 +259,7 @@ async def enroll_partner(
         display_name=command.display_name,
         region=command.region,
         channel_manager=command.channel_manager,
-        tier=command.tier,
+        tier=tier,
         enrolled_on=command.effective_date,
         position=position,
     )

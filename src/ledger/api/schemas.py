@@ -137,14 +137,20 @@ class EnrollmentRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
             max_length=200, description="Channel manager responsible, empty when unknown."
         ),
     ] = ""
-    tier: Annotated[
-        str,
-        msgspec.Meta(
-            min_length=1,
-            max_length=100,
-            description="Starting tier; a tier of the program when the program lists tiers.",
-        ),
-    ] = "registered"
+    tier: (
+        Annotated[
+            str,
+            msgspec.Meta(
+                min_length=1,
+                max_length=100,
+                description=(
+                    "Starting tier, one of the program's tiers when it lists them; "
+                    "default the program's lowest tier."
+                ),
+            ),
+        ]
+        | None
+    ) = None
     source_ref: Annotated[
         str,
         msgspec.Meta(max_length=200, description="Id of the partner in its source system, if any."),

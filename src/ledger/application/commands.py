@@ -62,14 +62,14 @@ class ProgramSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 @dataclass(frozen=True, slots=True)
 class EnrollPartner:
-    """Enroll ``partner_id`` in a program."""
+    """Enroll ``partner_id`` in a program; ``tier`` defaults to the program's lowest tier."""
 
     partner_id: str
     display_name: str
     effective_date: date
     region: str = ""
     channel_manager: str = ""
-    tier: str = "registered"
+    tier: str | None = None
     source_ref: str = ""
 
 

@@ -214,7 +214,8 @@ class LedgerApplication(Application[UUID]):
         check_partner_id(command.partner_id)
         with _store_errors():
             program = self.get_program(program_id)
-            program.check_tier(command.tier)
+            tier = command.tier or program.default_tier
+            program.check_tier(tier)
             program.check_not_future(command.effective_date)
             partner = Partner.enroll(
                 partner_id=command.partner_id,
@@ -222,7 +223,7 @@ class LedgerApplication(Application[UUID]):
                 display_name=command.display_name,
                 region=command.region,
                 channel_manager=command.channel_manager,
-                tier=command.tier,
+                tier=tier,
                 effective_date=command.effective_date,
                 actor=context.actor,
                 source_ref=command.source_ref,
@@ -246,7 +247,7 @@ class LedgerApplication(Application[UUID]):
                         "display_name": command.display_name,
                         "region": command.region,
                         "channel_manager": command.channel_manager,
-                        "tier": command.tier,
+                        "tier": tier,
                         "effective_date": command.effective_date,
                     },
                 )

@@ -200,6 +200,11 @@ class Program(Aggregate):
                 value=on.isoformat(),
             )
 
+    @property
+    def default_tier(self) -> str:
+        """The tier a partner starts in: the program's lowest, or ``registered``."""
+        return self.tiers[0] if self.tiers else "registered"
+
     def check_tier(self, tier: str, *, field: str = "tier") -> None:
         """Reject ``tier`` when the program lists tiers and ``tier`` is not one of them."""
         if self.tiers and tier not in self.tiers:

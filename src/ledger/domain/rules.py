@@ -18,7 +18,7 @@ from decimal import Decimal
 
 import msgspec
 
-from ledger.domain.money import Money, RoundingMode, apply_rate
+from ledger.domain.money import Money, RoundingMode, apply_rate, currency_exponent
 from ledger.errors import InvalidInputError, RuleNotFoundError
 
 __all__ = ["Reward", "Rule", "RuleSet", "compute_reward", "rule_set_in_force"]
@@ -163,6 +163,9 @@ class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if best is None or len(rule.match) > len(best.match):
                 best = rule
         if best is None:
+            candidates = [rule for rule in self.rules if rule.activity_type == activity_type]
+            if candidates:
+                raise _no_matching_attributes(self, activity_type, candidates, attributes)
             known = sorted({rule.activity_type for rule in self.rules})
             raise RuleNotFoundError(
                 f"rule set {self.version} has no rule for activity type {activity_type!r} "
@@ -171,6 +174,25 @@ class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 value=activity_type,
             )
         return best
+
+
+def _no_matching_attributes(
+    rule_set: RuleSet, activity_type: str, candidates: Sequence[Rule], attributes: Mapping[str, str]
+) -> RuleNotFoundError:
+    """Build the error for an activity type whose rules all filter on other attribute values."""
+    keys = sorted({key for rule in candidates for key in rule.match})
+    key = next((k for k in keys if k not in attributes), keys[0] if keys else "")
+    accepted = sorted({rule.match[key] for rule in candidates if key in rule.match})
+    sent = attributes.get(key)
+    sent_text = "no " + key if sent is None else f"{key} {sent!r}"
+    known = sorted({rule.activity_type for rule in rule_set.rules})
+    return RuleNotFoundError(
+        f"rule set {rule_set.version} has no rule for activity type {activity_type!r} with "
+        f"{sent_text}; its {activity_type} rules accept {key} {', '.join(accepted)} "
+        f"(known activity types are {known})",
+        field=f"attributes.{key}",
+        value=sent,
+    )
 
 
 def rule_set_in_force(rule_sets: Sequence[RuleSet], on: date) -> RuleSet:
@@ -244,9 +266,10 @@ def compute_reward(
     rule = rule_set.find_rule(activity_type, attributes)
     if rule.rate is not None:
         if base is None:
+            example = Money(100 * 10 ** currency_exponent(currency), currency).format()
             raise InvalidInputError(
                 f"rule {rule.id!r} pays {rule.rate} of the base amount, but the activity has "
-                'no base_amount; send base_amount such as {"amount": "100.00", '
+                f'no base_amount; send base_amount such as {{"amount": "{example}", '
                 f'"currency": "{currency}"}}',
                 field="base_amount",
             )
