@@ -23,6 +23,7 @@ import getpass
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Coroutine, Iterator, Mapping
@@ -81,8 +82,10 @@ _STATEMENT_PROJECTIONS = ("statements",)
 _DEMO_PROGRAM = Path("examples") / "programs" / "crm-channel.toml"
 _DEMO_CRM_DIR = Path("..") / "shared" / "data" / "crm-sales-opportunities"
 
-console = Console()
-error_console = Console(stderr=True)
+# Output piped to another program is not wrapped at 80 columns, so scripts can
+# match whole lines.
+console = Console(soft_wrap=not sys.stdout.isatty())
+error_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
 
 
 # Shared plumbing --------------------------------------------------------------
@@ -974,20 +977,28 @@ def explain(kind: str, explanation: Mapping[str, Any], currency: str) -> str:
     """Summarise a statement line's explanation in one phrase.
 
     >>> explain("earning", {"rule_id": "won-gtx", "rate": "0.045", "base": "1054.00",
-    ...                     "unrounded": "47.43", "rounding": "half-up"}, "USD")
-    'won-gtx: 4.5% of 1054.00 USD = 47.43 (half-up)'
+    ...                     "unrounded": "47.43", "rounding": "half-up",
+    ...                     "rule_set_version": 1}, "USD")
+    'rule set 1, won-gtx: 4.5% of 1054.00 USD = 47.43 (half-up)'
     """
     rule = explanation.get("rule_id")
+    version = explanation.get("rule_set_version")
+    priced_by = f"rule set {version}, {rule}" if version is not None else str(rule)
     if kind == "earning" and rule:
         if explanation.get("rate") is not None:
             return (
-                f"{rule}: {_percent(explanation['rate'])} of {explanation.get('base')} {currency}"
-                f" = {explanation.get('unrounded')} ({explanation.get('rounding')})"
+                f"{priced_by}: {_percent(explanation['rate'])} of {explanation.get('base')} "
+                f"{currency} = {explanation.get('unrounded')} ({explanation.get('rounding')})"
             )
-        return f"{rule}: fixed {explanation.get('fixed')} {currency}"
+        return f"{priced_by}: fixed {explanation.get('fixed')} {currency}"
     reason = explanation.get("reason") or ""
     if kind == "reversal" and rule:
-        return f"reverses {rule}: {reason}"
+        if explanation.get("base") is not None and explanation.get("rate") is not None:
+            return (
+                f"reverses {priced_by}: {_percent(explanation['rate'])} of "
+                f"{explanation['base']} {currency} = {explanation.get('unrounded')}; {reason}"
+            )
+        return f"reverses {priced_by}: {reason}"
     return str(reason)
 
 

@@ -498,6 +498,21 @@ def test_explain_summarises_lines() -> None:
         "reverses won-mg: refund"
     )
     assert explain("adjustment", {"reason": "goodwill"}, "USD") == "goodwill"
+    assert explain(
+        "earning", {"rule_id": "engaged", "fixed": "5.00", "rule_set_version": 2}, "USD"
+    ) == ("rule set 2, engaged: fixed 5.00 USD")
+    assert explain(
+        "reversal",
+        {
+            "rule_id": "won-mg",
+            "rule_set_version": 1,
+            "reason": "partial return",
+            "base": "1000.00",
+            "rate": "0.06",
+            "unrounded": "60.00",
+        },
+        "USD",
+    ) == ("reverses rule set 1, won-mg: 6% of 1000.00 USD = 60.00; partial return")
 
 
 # Real processes: project and serve -----------------------------------------------------

@@ -349,8 +349,8 @@ def _conflict(exc: ConflictError) -> _Problem:
             value=difference.requested,
             message=(
                 f"{difference.field} was {difference.stored!r} in the original request and is "
-                f"{difference.requested!r} in this one; send the original value to retry, or "
-                "use a new key, source_ref or partner_id for a new request"
+                f"{difference.requested!r} in this one; send the original value to retry. "
+                "The detail says what to change for a new request"
             ),
         )
         for difference in differences

@@ -73,6 +73,9 @@ __all__ = ["LedgerApplication"]
 _A = TypeVar("_A", bound=Aggregate)
 _T = TypeVar("_T")
 
+# Names of the keyed commands that save receipts, as messages show them.
+_KEYED_COMMANDS = {"tier": "tier change", "reversal": "reversal"}
+
 # Attempts for a command that lost a race on a stream it appends to.
 _MAX_APPEND_ATTEMPTS = 5
 
@@ -758,9 +761,10 @@ class LedgerApplication(Application[UUID]):
             return None
         differences = _differences(receipt.request, request)
         if differences:
+            what = _KEYED_COMMANDS[kind]
             raise ConflictError(
-                f"idempotency key {key!r} was used for another {kind} with different "
-                f"{', '.join(differences)}; use a new key for a new {kind}",
+                f"idempotency key {key!r} was used for another {what} with different "
+                f"{', '.join(differences)}; use a new key for a new {what}",
                 differences=differences,
                 field=next(iter(differences)),
             )
