@@ -344,6 +344,22 @@ class PartnerPage(msgspec.Struct, frozen=True, kw_only=True):
     next_cursor: str | None
 
 
+class ProgramSummary(msgspec.Struct, frozen=True, kw_only=True):
+    """A program in the list of programs.
+
+    Attributes:
+        program_id: The program's id.
+        name: Display name.
+        currency: ISO 4217 code of every reward the program pays.
+        partners: Number of enrolled partners.
+    """
+
+    program_id: str
+    name: str
+    currency: str
+    partners: int
+
+
 class _StoredRule(msgspec.Struct, frozen=True):
     """A rule as the projector stores it in ``statements.programs.rule_sets``."""
 
@@ -754,6 +770,33 @@ def _rule_set_view(rule_set: _StoredRuleSet, currency: str) -> RuleSetView:
             for rule in rule_set.rules
         ],
     )
+
+
+async def fetch_programs(executor: Executor) -> list[ProgramSummary]:
+    """Return every program, ordered by id, with its number of partners.
+
+    Raises:
+        StoreUnavailableError: The database cannot be reached.
+    """
+    with _database_errors():
+        rows = await executor.fetch(
+            """
+            SELECT g.program_id, g.name, g.currency,
+                   (SELECT count(*) FROM statements.partners AS p
+                     WHERE p.program_id = g.program_id) AS partners
+              FROM statements.programs AS g
+             ORDER BY g.program_id
+            """
+        )
+    return [
+        ProgramSummary(
+            program_id=row["program_id"],
+            name=row["name"],
+            currency=row["currency"].strip(),
+            partners=row["partners"],
+        )
+        for row in rows
+    ]
 
 
 async def fetch_program_partners(

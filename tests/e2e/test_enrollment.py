@@ -241,6 +241,19 @@ async def test_unenrolled_partner_names_endpoint(client: Client) -> None:
 # Program ------------------------------------------------------------------
 
 
+async def test_programs_are_listed(client: Client, ledger_services: Services) -> None:
+    response = await client.get(
+        "/v1/programs", params={"min_position": head_position(ledger_services)}
+    )
+
+    assert response.status_code == 200, response.text
+    programs = {program["program_id"]: program for program in response.json()}
+    assert list(programs) == sorted([USD_PROGRAM, JPY_PROGRAM, BHD_PROGRAM])
+    assert programs[USD_PROGRAM]["currency"] == "USD"
+    assert programs[USD_PROGRAM]["partners"] == 2
+    assert programs[JPY_PROGRAM]["partners"] == 1
+
+
 async def test_program_shows_rules(client: Client, ledger_services: Services) -> None:
     response = await client.get(
         f"/v1/programs/{USD_PROGRAM}", params={"min_position": head_position(ledger_services)}

@@ -243,9 +243,7 @@ def test_apply_rate_tie_depends_on_mode() -> None:
     ("unrounded", "down", "up"),
     [(Decimal("12.01"), 12, 13), (Decimal("-12.01"), -12, -13), (Decimal(7), 7, 7)],
 )
-def test_down_and_up_rounding(
-    unrounded: Decimal, down: int, up: int
-) -> None:
+def test_down_and_up_rounding(unrounded: Decimal, down: int, up: int) -> None:
     assert round_minor(unrounded, RoundingMode.DOWN) == down
     assert round_minor(unrounded, RoundingMode.UP) == up
 

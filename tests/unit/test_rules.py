@@ -227,8 +227,14 @@ def test_rule_set_decodes_from_program_file_shape() -> None:
     raw = {
         "version": 1,
         "effective_from": "2024-01-01",
-        "rules": [{"id": "deal-gtx", "activity_type": "deal_won", "match": {"series": "GTX"},
-                   "rate": "0.045"}],
+        "rules": [
+            {
+                "id": "deal-gtx",
+                "activity_type": "deal_won",
+                "match": {"series": "GTX"},
+                "rate": "0.045",
+            }
+        ],
     }
 
     decoded = msgspec.convert(raw, RuleSet)
@@ -254,8 +260,9 @@ def test_rate_reward_records_inputs() -> None:
     base = Money.parse("302.00", "USD")
 
     reward = compute_reward(
-        rule_set(4, date(2024, 1, 1), Rule(id="r20", activity_type="deal_won",
-                                           rate=Decimal("0.20"))),
+        rule_set(
+            4, date(2024, 1, 1), Rule(id="r20", activity_type="deal_won", rate=Decimal("0.20"))
+        ),
         currency="USD",
         rounding=RoundingMode.HALF_UP,
         activity_type="deal_won",

@@ -414,6 +414,21 @@ async def change_tier(
 
 
 @get(
+    "/v1/programs",
+    tags=["reads"],
+    summary="List programs",
+    description="Every program, ordered by program_id, with its number of partners.",
+    responses={status: problem for status, problem in _READ_PROBLEMS.items() if status != 404},
+)
+async def list_programs(
+    request: _Request, min_position: _MinPosition = None
+) -> list[queries.ProgramSummary]:
+    """Return every program from the statements projection."""
+    await _await_projections(request, min_position, _STATEMENTS)
+    return await queries.fetch_programs(_pool(request))
+
+
+@get(
     "/v1/programs/{program_id:str}",
     tags=["reads"],
     summary="Read a program and its rules",
@@ -634,6 +649,7 @@ ROUTE_HANDLERS = [
     record_adjustment,
     reverse_earning,
     change_tier,
+    list_programs,
     get_program,
     list_partners,
     get_partner,
