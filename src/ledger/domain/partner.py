@@ -1,8 +1,8 @@
 """The partner aggregate: enrollment, profile and tier.
 
 Earnings and adjustments are separate streams keyed by their source reference
-or idempotency key, so a partner's own stream stays short however many
-earnings the partner accumulates; recording an activity only reads it.
+or idempotency key. A partner's own stream therefore stays short however many
+earnings the partner accumulates, and recording an activity only reads it.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Reward rules and the arithmetic that turns an activity into an earning.
 
 A program publishes rule sets, each with a version and the date it takes
-effect. An activity is priced by the rule set in force on its effective date,
-and within that set by the most specific rule for its activity type: a rule
-whose ``match`` attributes all equal the activity's, with the most keys, wins.
+effect. An activity is priced by the rule set in force on its effective date. Within
+that set, the most specific rule for its activity type wins: of the rules whose
+``match`` attributes all equal the activity's, the one with the most keys.
 A rule pays either a ``rate`` of the activity's base amount or a ``fixed``
 amount in the program currency. The result records every input so a statement
 can explain it and a replay reproduces it without consulting rules again.
@@ -224,7 +224,7 @@ def rule_set_in_force(rule_sets: Sequence[RuleSet], on: date) -> RuleSet:
 
 @dataclass(frozen=True, slots=True)
 class Reward:
-    """How an activity was priced, frozen onto the earning.
+    """The pricing of one activity, frozen onto its earning.
 
     Attributes:
         rule_set_version: Version of the rule set in force on the effective date.
