@@ -848,3 +848,20 @@ def test_enrollment_defaults_to_lowest_tier(services: Services) -> None:
 
     assert created
     assert services.app.get_partner(PARTNER).tier == "bronze"
+
+
+def test_pricing_cache_stays_bounded(services: Services, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("ledger.application.service._MAX_CACHED_PARTNERS", 1)
+    services.app.publish_program(program_spec(), CONTEXT)
+    enroll(services)
+    enroll(services, OTHER_PARTNER, display_name="Moses Frase")
+
+    first = services.app.record_activity(PROGRAM, activity("OPP-A"), CONTEXT)
+    second = services.app.record_activity(
+        PROGRAM, activity("OPP-B", partner_id=OTHER_PARTNER), CONTEXT
+    )
+    third = services.app.record_activity(PROGRAM, activity("OPP-C"), CONTEXT)
+
+    assert [first.created, second.created, third.created] == [True, True, True]
+    assert third.earning.partner_id == PARTNER
+    assert len(services.app._pricing_partners) == 1

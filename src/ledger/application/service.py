@@ -9,6 +9,8 @@ store's primary key, and the original is then read back and compared.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -85,6 +87,10 @@ _MAX_APPEND_ATTEMPTS = 5
 # only transport); 200 CRM earnings encode to roughly 150 kB.
 _SAVE_CHUNK = 200
 
+# Partners whose enrollment facts stay cached for pricing, least recently used
+# evicted first; an evicted partner costs one stream load when seen again.
+_MAX_CACHED_PARTNERS = 10_000
+
 # Limits on an activity's attributes, which are stored on every earning event.
 _MAX_ATTRIBUTES = 50
 _MAX_ATTRIBUTE_LENGTH = 500
@@ -117,7 +123,9 @@ class LedgerApplication(Application[UUID]):
         # forever, because pricing reads only enrollment facts, which never
         # change. Commands that change a program or partner load it afresh.
         self._pricing_programs: dict[str, Program] = {}
-        self._pricing_partners: dict[str, Partner] = {}
+        self._pricing_partners: OrderedDict[str, Partner] = OrderedDict()
+        # Commands run in several threads of the HTTP server.
+        self._pricing_lock = threading.Lock()
 
     def construct_transcoder(self) -> Transcoder:
         return MsgspecTranscoder()
@@ -722,13 +730,20 @@ class LedgerApplication(Application[UUID]):
         """
         partners: dict[str, Partner] = {}
         for partner_id in partner_ids:
-            partner = self._pricing_partners.get(partner_id)
+            with self._pricing_lock:
+                partner = self._pricing_partners.get(partner_id)
+                if partner is not None:
+                    self._pricing_partners.move_to_end(partner_id)
             if partner is None:
                 try:
                     partner = self._load_partner(partner_id)
                 except (NotFoundError, InvalidInputError):
                     continue
-                self._pricing_partners[partner_id] = partner
+                with self._pricing_lock:
+                    self._pricing_partners[partner_id] = partner
+                    # Evict the least recently used partner beyond the bound.
+                    if len(self._pricing_partners) > _MAX_CACHED_PARTNERS:
+                        self._pricing_partners.popitem(last=False)
             partners[partner_id] = partner
         return partners
 
