@@ -865,3 +865,19 @@ def test_pricing_cache_stays_bounded(services: Services, monkeypatch: pytest.Mon
     assert [first.created, second.created, third.created] == [True, True, True]
     assert third.earning.partner_id == PARTNER
     assert len(services.app._pricing_partners) == 1
+
+
+def test_program_name_cannot_change(services: Services) -> None:
+    services.app.publish_program(program_spec(), CONTEXT)
+    renamed = ProgramSpec(
+        id=PROGRAM,
+        name="Renamed channel",
+        currency="USD",
+        rule_sets=[V1],
+        time_zone="Europe/Berlin",
+    )
+
+    with pytest.raises(ConflictError) as raised:
+        services.app.publish_program(renamed, CONTEXT)
+
+    assert raised.value.differences == {"name": ("CRM channel", "Renamed channel")}

@@ -138,8 +138,9 @@ class LedgerApplication(Application[UUID]):
         Publishing the same file twice changes nothing.
 
         Raises:
-            ConflictError: The program exists with another currency, time zone
-                or rounding, or a published version has other content.
+            ConflictError: The program exists with another name, currency, time
+                zone, rounding or tier list, or a published version has other
+                content.
             InvalidInputError: The file breaks a rule (see :meth:`Program.publish`).
         """
         with _store_errors():
@@ -161,12 +162,14 @@ class LedgerApplication(Application[UUID]):
             if not created:
                 differences = _differences(
                     {
+                        "name": program.name,
                         "currency": program.currency,
                         "time_zone": program.time_zone,
                         "rounding": program.rounding.value,
                         "tiers": program.tiers,
                     },
                     {
+                        "name": spec.name,
                         "currency": spec.currency,
                         "time_zone": spec.time_zone,
                         "rounding": spec.rounding,
