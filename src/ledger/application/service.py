@@ -81,10 +81,10 @@ _KEYED_COMMANDS = {"tier": "tier change", "reversal": "reversal"}
 # Attempts for a command that lost a race on a stream it appends to.
 _MAX_APPEND_ATTEMPTS = 5
 
-# Earnings saved per transaction by record_activities. psycopg 3.3's pipeline
-# mode, which eventsourcing's recorder uses, hung on this machine when one
-# insert message reached about 1 MB over a Unix socket (the embedded server's
-# only transport); 200 CRM earnings encode to roughly 150 kB.
+# Earnings saved per transaction by record_activities.
+# NOTE: psycopg 3.3.9's pipeline mode, which eventsourcing's recorder uses,
+# hung when one insert message reached about 1 MB over a Unix socket (the
+# embedded server's only transport). 200 CRM earnings encode to roughly 150 kB.
 _SAVE_CHUNK = 200
 
 # Partners whose enrollment facts stay cached for pricing, least recently used
