@@ -11,7 +11,7 @@ finished but rejected rows or met conflicts, 130 when interrupted.
 
 Without LEDGER_DATABASE_URL the commands use the embedded server in
 LEDGER_DATA_DIR. Only the commands that write (``serve``, ``migrate``,
-``program publish``, ``partner enroll``, ``import``) create it there; the
+``program publish``, ``partner enroll``, ``import``) create it there. The
 others exit with status 1 when the folder contains no database, because an
 empty new database would only hide that they ran in the wrong folder.
 """
@@ -548,10 +548,11 @@ def enroll(
                 effective_date=enrolled_on,
                 region=region,
                 channel_manager=channel_manager,
-                tier=tier or services.app.get_program(program_id).default_tier,
+                tier=tier,
             )
             try:
-                created, position = services.app.enroll_partner(program_id, command, context)
+                outcome = services.app.enroll_partner(program_id, command, context)
+                created, position = outcome.created, outcome.position
             except ConflictError as error:
                 raise ConflictError(
                     _conflict_message(error),

@@ -87,7 +87,7 @@ def enroll(
     display_name: str = "Darcel Schlecht",
     region: str = "Central",
 ) -> tuple[bool, int]:
-    return services.app.enroll_partner(
+    outcome = services.app.enroll_partner(
         PROGRAM,
         EnrollPartner(
             partner_id=partner_id,
@@ -97,6 +97,7 @@ def enroll(
         ),
         CONTEXT,
     )
+    return outcome.created, outcome.position
 
 
 def activity(
@@ -838,7 +839,7 @@ def test_enrollment_defaults_to_lowest_tier(services: Services) -> None:
         CONTEXT,
     )
 
-    created, _ = services.app.enroll_partner(
+    outcome = services.app.enroll_partner(
         PROGRAM,
         EnrollPartner(
             partner_id=PARTNER, display_name="Darcel Schlecht", effective_date=date(2024, 1, 15)
@@ -846,7 +847,8 @@ def test_enrollment_defaults_to_lowest_tier(services: Services) -> None:
         CONTEXT,
     )
 
-    assert created
+    assert outcome.created
+    assert outcome.tier == "bronze"
     assert services.app.get_partner(PARTNER).tier == "bronze"
 
 

@@ -234,24 +234,19 @@ async def enroll_partner(
     context = command_context(request, x_actor)
     app = _services(request).app
 
-    def enroll() -> tuple[EnrollPartner, str, bool, int]:
-        # The default tier is resolved here too, so the response can echo it.
-        tier = data.tier or app.get_program(program_id).default_tier
-        command = EnrollPartner(
-            partner_id=data.partner_id,
-            display_name=data.display_name,
-            effective_date=data.effective_date,
-            region=data.region,
-            channel_manager=data.channel_manager,
-            tier=tier,
-            source_ref=data.source_ref,
-        )
-        created, position = app.enroll_partner(program_id, command, context)
-        return command, tier, created, position
-
-    command, tier, created, position = await _run_command(enroll)
+    command = EnrollPartner(
+        partner_id=data.partner_id,
+        display_name=data.display_name,
+        effective_date=data.effective_date,
+        region=data.region,
+        channel_manager=data.channel_manager,
+        tier=data.tier,
+        source_ref=data.source_ref,
+    )
+    outcome = await _run_command(partial(app.enroll_partner, program_id, command, context))
+    created, position, tier = outcome.created, outcome.position, outcome.tier
     # A repeated enrollment only succeeds with the same details as the stored
-    # one, so the response can echo the request.
+    # one, so the response can echo the request and the resolved tier.
     body = EnrollmentResponse(
         created=created,
         partner_id=command.partner_id,

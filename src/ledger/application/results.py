@@ -13,6 +13,7 @@ __all__ = [
     "ActivityOutcome",
     "AdjustmentOutcome",
     "EarningView",
+    "EnrollmentOutcome",
     "PartnerView",
     "ProgramOutcome",
     "ReversalOutcome",
@@ -55,6 +56,21 @@ class ActivityOutcome:
     created: bool
     earning: EarningView
     position: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentOutcome:
+    """Result of enrolling a partner.
+
+    Attributes:
+        created: False when the partner was already enrolled with these details.
+        position: Event store position of the enrollment event.
+        tier: The starting tier, the program's lowest when the request named none.
+    """
+
+    created: bool
+    position: int
+    tier: str
 
 
 @dataclass(frozen=True, slots=True)

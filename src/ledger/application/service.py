@@ -42,6 +42,7 @@ from ledger.application.results import (
     ActivityOutcome,
     AdjustmentOutcome,
     EarningView,
+    EnrollmentOutcome,
     PartnerView,
     ProgramOutcome,
     ReversalOutcome,
@@ -216,8 +217,8 @@ class LedgerApplication(Application[UUID]):
 
     def enroll_partner(
         self, program_id: str, command: EnrollPartner, context: CommandContext
-    ) -> tuple[bool, int]:
-        """Enroll a partner; return (created, position).
+    ) -> EnrollmentOutcome:
+        """Enroll a partner, starting in the program's lowest tier unless one is named.
 
         Enrolling the same partner again with the same details is a no-op.
 
@@ -272,8 +273,8 @@ class LedgerApplication(Application[UUID]):
                         differences=differences,
                         field=next(iter(differences)),
                     ) from None
-                return False, self._position_of(existing.id, 1)
-            return True, recordings[-1].notification.id
+                return EnrollmentOutcome(False, self._position_of(existing.id, 1), tier)
+            return EnrollmentOutcome(True, recordings[-1].notification.id, tier)
 
     def get_partner(self, partner_id: str) -> PartnerView:
         """Return partner ``partner_id``; raise :class:`NotFoundError` if unknown."""
@@ -779,10 +780,10 @@ class LedgerApplication(Application[UUID]):
             return None
         differences = _differences(receipt.request, request)
         if differences:
-            what = _KEYED_COMMANDS[kind]
+            command_name = _KEYED_COMMANDS[kind]
             raise ConflictError(
-                f"idempotency key {key!r} was used for another {what} with different "
-                f"{', '.join(differences)}; use a new key for a new {what}",
+                f"idempotency key {key!r} was used for another {command_name} with different "
+                f"{', '.join(differences)}; use a new key for a new {command_name}",
                 differences=differences,
                 field=next(iter(differences)),
             )

@@ -527,7 +527,7 @@ def _enroll_agents(
         partner_id = partner_id_for_agent(name)
         try:
             check_partner_id(partner_id, field="sales_agent")
-            created, _ = app.enroll_partner(
+            created = app.enroll_partner(
                 program.program_id,
                 EnrollPartner(
                     partner_id=partner_id,
@@ -535,11 +535,10 @@ def _enroll_agents(
                     effective_date=first.effective_from,
                     region=values["regional_office"],
                     channel_manager=values["manager"],
-                    tier="registered",
                     source_ref=f"{TEAMS_FILE}:{partner_id}",
                 ),
                 context,
-            )
+            ).created
         except ConflictError as error:
             # The partner exists with other details, but its activities can
             # still be recorded if it belongs to this program.
