@@ -9,7 +9,7 @@ INSERT INTO {schema}.checkpoint (position) VALUES (0);
 
 -- Every event that concerns a partner. position is the event store's
 -- notification_id: unique, so it is a cursor that never repeats or skips
--- rows, however many events share a recorded_at timestamp. data holds the
+-- rows, however many events share a recorded_at timestamp. data contains the
 -- event's fields as JSON, money as {"amount": "5.00", "currency": "USD"} with
 -- signed amounts as on statements, rates and unrounded results as strings.
 CREATE TABLE {schema}.partner_events (

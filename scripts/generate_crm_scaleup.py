@@ -15,7 +15,7 @@ default 100) drawn from the real rows with a seeded random generator:
   real ids, so the copy imports alongside the real set.
 
 NOTE: the 35 agents stay the same, so each partner gets ``--scale`` times as
-many opportunities as in the real set; the data does not model more partners.
+many opportunities as in the real set. The data does not model more partners.
 
     python scripts/generate_crm_scaleup.py --scale 100 --out out/crm-100x
 """

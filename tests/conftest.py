@@ -2,7 +2,7 @@
 
 The server is ``LEDGER_TEST_DATABASE_URL`` when set (any PostgreSQL 14 or
 newer, reached as a role that may create databases), otherwise an embedded
-server started for the session in a temporary folder. Each test that asks for
+server started for the session in a temporary folder. Each test that requests
 ``database`` gets its own database cloned from a migrated template, so tests
 never see each other's events.
 """

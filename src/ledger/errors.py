@@ -3,7 +3,7 @@
 Every error derives from :class:`LedgerError`. Each subclass names the rule it
 protects, and every message names the offending value and how to fix it. The
 HTTP layer maps these classes to RFC 9457 problem documents; nothing below the
-API package knows about HTTP.
+API package depends on HTTP.
 """
 
 from __future__ import annotations

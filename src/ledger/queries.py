@@ -604,7 +604,7 @@ async def fetch_statement(executor: Executor, partner_id: str, period: str) -> S
     start = parse_period(period)
     end = _next_month(start)
     # One statement reads the partner, the opening balance and the lines, so
-    # it sees one snapshot of the projections without an explicit transaction
+    # it reads one snapshot of the projections without an explicit transaction
     # and costs one round trip. The partner's program fixes the currency, so a
     # partner without lines still gets a row (with null line columns).
     with _database_errors():

@@ -24,7 +24,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         host: Address the HTTP server binds (``LEDGER_HOST``).
         port: TCP port of the HTTP server (``LEDGER_PORT``).
         log_format: ``json``, ``console`` or ``auto`` (console on a terminal).
-        read_wait_seconds: Longest time a read with ``min_position`` waits for
+        read_wait_seconds: Maximum time a read with ``min_position`` waits for
             the projections (``LEDGER_READ_WAIT_SECONDS``).
         projector_batch_size: Events per projector transaction.
         projector_poll_seconds: Fallback poll interval when notifications stop.
@@ -45,7 +45,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         """Build settings from ``environ`` (default ``os.environ``).
 
         Raises:
-            InvalidInputError: A variable holds a value of the wrong type.
+            InvalidInputError: A variable contains a value of the wrong type.
         """
         env = os.environ if environ is None else environ
         raw: dict[str, object] = {}

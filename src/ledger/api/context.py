@@ -48,9 +48,9 @@ def _is_valid_text(value: str) -> bool:
 
 
 def _header(scope: Any, name: str) -> str | None:
-    wanted = name.lower().encode("latin-1")
+    expected_name = name.lower().encode("latin-1")
     for key, value in scope.get("headers", ()):
-        if key.lower() == wanted:
+        if key.lower() == expected_name:
             return bytes(value).decode("latin-1")
     return None
 

@@ -1,10 +1,10 @@
 """The earning aggregate: one rewarded activity and any reversals of it.
 
 Each activity is its own short stream whose id derives from the program and
-the activity's source reference. Its first event freezes the pricing (rule set
-version, rule, base, rate or fixed amount, unrounded result, rounding mode);
-reversals are later events on the same stream and are priced only from those
-frozen values, never from the rules in force today.
+the activity's source reference. Its first event freezes the pricing: rule set
+version, rule, base, rate or fixed amount, unrounded result and rounding mode.
+Reversals are later events on the same stream, priced only from those frozen
+values and never from the rules in force today.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Earning(Aggregate):
 
         With neither ``amount`` nor ``base``, the whole remaining reward is
         reversed. With ``base``, the part of the base amount being clawed back is
-        priced at this earning's frozen rate and rounding mode; the reversal that
+        priced at this earning's frozen rate and rounding mode. The reversal that
         brings the reversed base to the full base reverses exactly what remains,
         so piecewise reversals never leave a rounding residue.
 

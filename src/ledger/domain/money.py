@@ -1,6 +1,6 @@
 """Money: integer minor units of an ISO 4217 currency.
 
-Amounts are never floats. A :class:`Money` holds an ``int`` count of minor units
+Amounts are never floats. A :class:`Money` contains an ``int`` count of minor units
 (cents for USD, yen for JPY, fils for BHD) and the currency code; the exponent
 comes from :data:`CURRENCY_EXPONENTS`. Rates are :class:`~decimal.Decimal`, and
 the only place a fractional result becomes minor units is :func:`round_minor`,
@@ -94,7 +94,7 @@ MAX_AMOUNT_MINOR = 10**15
 
 
 class RoundingMode(enum.StrEnum):
-    """How a fractional count of minor units becomes an integer."""
+    """Rule that turns a fractional count of minor units into an integer."""
 
     HALF_UP = "half-up"
     HALF_EVEN = "half-even"

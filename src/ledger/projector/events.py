@@ -187,7 +187,7 @@ async def read_batch(
     # Decode the handled topics and remember the creation events seen.
     events: list[tuple[int, Any]] = []
     creations: dict[UUID, Any] = {}
-    wanted: set[UUID] = set()
+    needed: set[UUID] = set()
     for notification_id, originator_id, version, topic, state in rows:
         if topic not in topics:
             continue
@@ -196,14 +196,14 @@ async def read_batch(
         if version == 1:
             creations[originator_id] = event
         elif topic in _NEEDS_CREATION:
-            wanted.add(originator_id)
+            needed.add(originator_id)
 
     decoded.trim()
 
     # Fetch the creation events that earlier batches contained.
-    missing = wanted.difference(creations)
+    missing = needed.difference(creations)
     batch = EventBatch(events, rows[-1]["notification_id"], len(rows))
-    batch.creations = {key: creations[key] for key in wanted & creations.keys()}
+    batch.creations = {key: creations[key] for key in needed & creations.keys()}
     if missing:
         batch.creations.update(await _read_creation_events(conn, missing))
     return batch

@@ -27,8 +27,8 @@ For example, a reversal of 4.50 USD of a 4.5% earning reads::
      "base": {"amount": "100.00", "currency": "USD"},
      "unrounded": "4.50000", "effective_date": "2024-03-01", "reason": "refund", ...}
 
-NOTE: ``ledger status`` notices a changed ``projections/history.sql`` but not
-a change to the shape of ``data`` made here; after such a change, run
+NOTE: ``ledger status`` reports a changed ``projections/history.sql`` but not
+a change to the shape of ``data`` made here. After such a change, run
 ``ledger rebuild history`` so that older rows get the new shape too.
 """
 

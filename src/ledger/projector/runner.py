@@ -388,7 +388,7 @@ class _Pacer:
             )
 
     async def leave(self, name: str) -> None:
-        """Stop pacing ``name``, which finished or failed, so the others never wait for it."""
+        """Stop pacing ``name``, which finished or failed, and wake the tasks waiting for it."""
         async with self._changed:
             self._rounds.pop(name, None)
             self._changed.notify_all()
