@@ -313,6 +313,7 @@ def serve(
     import uvicorn
 
     from ledger.api.app import create_app
+    from ledger.api.server import CoalescingHttpToolsProtocol
 
     settings = _settings(ctx)
     host = host or settings.host
@@ -333,7 +334,14 @@ def serve(
             try:
                 # The API logs one structlog line per request, so uvicorn's access
                 # log is off.
-                uvicorn.run(app, host=host, port=port, access_log=False, log_level="warning")
+                uvicorn.run(
+                    app,
+                    host=host,
+                    port=port,
+                    http=CoalescingHttpToolsProtocol,
+                    access_log=False,
+                    log_level="warning",
+                )
             except (KeyboardInterrupt, _StopRequested):
                 fields["stopped_by"] = "signal"
             finally:
