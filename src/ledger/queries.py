@@ -29,7 +29,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from ledger.domain.money import Money
+from ledger.domain.money import CURRENCY_EXPONENTS, Money, currency_exponent
 from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 
 __all__ = [
@@ -57,6 +57,7 @@ __all__ = [
     "fetch_program",
     "fetch_program_partners",
     "fetch_statement",
+    "fetch_statement_json",
     "parse_period",
 ]
 
@@ -567,77 +568,140 @@ async def fetch_balance(executor: Executor, partner_id: str) -> BalanceView:
     )
 
 
-_STATEMENT_QUERY = """
+def _currency_unit_sql(column: str) -> str:
+    """Return a SQL expression giving one minor unit of ``column``'s currency as numeric.
+
+    The unit is a literal with exactly the currency's minor-unit digits (0.01
+    for USD, 1 for JPY, 0.001 for BHD), so ``amount_minor * unit`` prints as
+    :meth:`Money.format` does. An unknown currency gives NULL.
+    """
+    by_exponent: dict[int, list[str]] = {}
+    for code, exponent in sorted(CURRENCY_EXPONENTS.items()):
+        by_exponent.setdefault(exponent, []).append(f"'{code}'")
+    branches = " ".join(
+        f"WHEN {column} IN ({', '.join(codes)}) THEN "
+        + ("1" if exponent == 0 else "0." + "0" * (exponent - 1) + "1")
+        for exponent, codes in sorted(by_exponent.items())
+    )
+    return f"CASE {branches} END"
+
+
+# The statement as JSON, built by PostgreSQL in one statement: one snapshot,
+# one round trip and one row. The partner's program fixes the currency, so a
+# partner without lines still gets a row, with an empty array of lines. Each
+# line is the JSON text that msgspec would write for a StatementLine:
+# to_json escapes strings as msgspec does, amounts print with the currency's
+# digits, and recorded_at is UTC with microseconds only when they are not
+# zero. The explanation is embedded as its column's text, which works for a
+# json or a jsonb column. Text of a jsonb value has a space after each comma
+# and colon, and fetch_statement_json removes these spaces.
+_STATEMENT_JSON_QUERY = f"""
     WITH partner AS (
-        SELECT p.program_id, g.currency
+        SELECT p.program_id, g.currency, {_currency_unit_sql("g.currency")} AS unit
           FROM statements.partners AS p
           JOIN statements.programs AS g USING (program_id)
          WHERE p.partner_id = $1
-    ), opening AS (
-        SELECT coalesce(sum(t.amount_minor), 0) AS opening_minor
-          FROM statements.period_totals AS t, partner
-         WHERE t.partner_id = $1 AND t.currency = partner.currency AND t.period < $2
     )
-    SELECT partner.program_id, partner.currency, opening.opening_minor,
-           l.effective_date, l.kind, l.source_ref, l.amount_minor, l.explanation,
-           l.position, l.recorded_at
+    SELECT partner.program_id, rtrim(partner.currency) AS currency,
+           partner.unit IS NOT NULL AS known_currency,
+           (SELECT coalesce(sum(t.amount_minor), 0)
+              FROM statements.period_totals AS t
+             WHERE t.partner_id = $1 AND t.currency = partner.currency AND t.period < $2
+           ) AS opening_minor,
+           lines.total_minor, lines.json
       FROM partner
-     CROSS JOIN opening
-      LEFT JOIN statements.statement_lines AS l
-        ON l.partner_id = $1 AND l.currency = partner.currency
-       AND l.effective_date >= $2 AND l.effective_date < $3
-     ORDER BY l.effective_date, l.position
+     CROSS JOIN LATERAL (
+        SELECT coalesce(sum(l.amount_minor), 0) AS total_minor,
+               '[' || coalesce(string_agg(
+                   '{{"effective_date":"' || to_char(l.effective_date, 'YYYY-MM-DD')
+                   || '","kind":' || to_json(l.kind)::text
+                   || ',"source_ref":' || to_json(l.source_ref)::text
+                   || ',"amount":{{"amount":"' || (l.amount_minor * partner.unit)::text
+                   || '","currency":"' || rtrim(partner.currency)
+                   || '"}},"explanation":' || l.explanation::text
+                   || ',"position":' || l.position::text
+                   || ',"recorded_at":"'
+                   || to_char(l.recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS')
+                   || CASE
+                          WHEN date_part('microseconds', l.recorded_at AT TIME ZONE 'UTC')::bigint
+                               % 1000000 = 0 THEN ''
+                          ELSE to_char(l.recorded_at AT TIME ZONE 'UTC', '.US')
+                      END
+                   || 'Z"}}',
+                   ',' ORDER BY l.effective_date, l.position), '') || ']' AS json
+          FROM statements.statement_lines AS l
+         WHERE l.partner_id = $1 AND l.currency = partner.currency
+           AND l.effective_date >= $2 AND l.effective_date < $3
+     ) AS lines
 """
+
+
+class _StatementDocument(msgspec.Struct, frozen=True, kw_only=True):
+    """:class:`StatementView` with its lines as ready JSON; the fields keep its order."""
+
+    partner_id: str
+    program_id: str
+    period: str
+    currency: str
+    opening_balance: MoneyJSON
+    closing_balance: MoneyJSON
+    lines: msgspec.Raw
+
+
+_STATEMENT_ENCODER = msgspec.json.Encoder()
+
+
+async def fetch_statement_json(executor: Executor, partner_id: str, period: str) -> bytes:
+    """Return the statement of ``partner_id`` for ``period`` as the JSON of a :class:`StatementView`.
+
+    The bytes are those msgspec writes for the :class:`StatementView` that
+    :func:`fetch_statement` returns, but PostgreSQL formats the lines, so the
+    API passes them on without decoding rows into Python objects. The opening
+    balance sums one ``period_totals`` row per earlier month, so its cost does
+    not grow with the partner's number of lines.
+
+    Raises:
+        InvalidInputError: ``period`` is not ``YYYY-MM``, or the partner's
+            program pays in a currency this ledger does not know.
+        NotFoundError: The partner is not in the ``statements`` projection.
+        StoreUnavailableError: The database cannot be reached.
+    """
+    start = parse_period(period)
+    end = _next_month(start)
+    with _database_errors():
+        row = await executor.fetchrow(_STATEMENT_JSON_QUERY, partner_id, start, end)
+    if row is None:
+        raise _unknown_partner(partner_id)
+    currency = row["currency"]
+    if not row["known_currency"]:
+        # Raises the error that names the unknown code.
+        currency_exponent(currency)
+    opening_minor = int(row["opening_minor"])
+    closing_minor = opening_minor + int(row["total_minor"])
+    document = _StatementDocument(
+        partner_id=partner_id,
+        program_id=row["program_id"],
+        period=_period_text(start),
+        currency=currency,
+        opening_balance=MoneyJSON.from_minor(opening_minor, currency),
+        closing_balance=MoneyJSON.from_minor(closing_minor, currency),
+        # A negative indent removes all whitespace between tokens, which
+        # leaves the jsonb explanation text as msgspec would have written it.
+        lines=msgspec.Raw(msgspec.json.format(row["json"].encode(), indent=-1)),
+    )
+    return _STATEMENT_ENCODER.encode(document)
 
 
 async def fetch_statement(executor: Executor, partner_id: str, period: str) -> StatementView:
     """Return the statement of ``partner_id`` for the month ``period`` (``YYYY-MM``).
-
-    The opening balance sums one ``period_totals`` row per earlier month, so
-    its cost does not grow with the partner's number of lines.
 
     Raises:
         InvalidInputError: ``period`` is not ``YYYY-MM``.
         NotFoundError: The partner is not in the ``statements`` projection.
         StoreUnavailableError: The database cannot be reached.
     """
-    start = parse_period(period)
-    end = _next_month(start)
-    # One statement reads the partner, the opening balance and the lines, so
-    # it reads one snapshot of the projections without an explicit transaction
-    # and costs one round trip. The partner's program fixes the currency, so a
-    # partner without lines still gets a row (with null line columns).
-    with _database_errors():
-        records = await executor.fetch(_STATEMENT_QUERY, partner_id, start, end)
-    if not records:
-        raise _unknown_partner(partner_id)
-    first = records[0]
-    currency = first["currency"].strip()
-    opening_minor = int(first["opening_minor"])
-    rows = [record for record in records if record["position"] is not None]
-
-    lines = [
-        StatementLine(
-            effective_date=row["effective_date"],
-            kind=row["kind"],
-            source_ref=row["source_ref"],
-            amount=MoneyJSON.from_minor(row["amount_minor"], currency),
-            explanation=_json_object(row["explanation"]),
-            position=row["position"],
-            recorded_at=row["recorded_at"],
-        )
-        for row in rows
-    ]
-    closing_minor = opening_minor + sum(int(row["amount_minor"]) for row in rows)
-    return StatementView(
-        partner_id=partner_id,
-        program_id=first["program_id"],
-        period=_period_text(start),
-        currency=currency,
-        opening_balance=MoneyJSON.from_minor(opening_minor, currency),
-        closing_balance=MoneyJSON.from_minor(closing_minor, currency),
-        lines=lines,
-    )
+    document = await fetch_statement_json(executor, partner_id, period)
+    return msgspec.json.decode(document, type=StatementView)
 
 
 async def fetch_partner_events(

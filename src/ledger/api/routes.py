@@ -20,7 +20,7 @@ from typing import Annotated, Any, TypeVar
 import anyio.to_thread
 import asyncpg
 import structlog
-from litestar import Request, Response, get, post
+from litestar import MediaType, Request, Response, get, post
 from litestar.openapi import ResponseSpec
 from litestar.params import HeaderParameter, JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_503_SERVICE_UNAVAILABLE
@@ -510,6 +510,13 @@ async def get_balance(
         "closing balance, which equals the opening balance plus the lines."
     ),
     responses={
+        # The handler returns the JSON bytes of a StatementView, so the
+        # schema of the 200 response is named here.
+        HTTP_200_OK: ResponseSpec(
+            data_container=queries.StatementView,
+            description="Request fulfilled, document follows",
+            generate_examples=False,
+        ),
         **_READ_PROBLEMS,
         422: _problem(f"The period is not YYYY-MM, or is outside {_PERIOD_RANGE}."),
     },
@@ -524,11 +531,12 @@ async def get_statement(
         ),
     ],
     min_position: _MinPosition = None,
-) -> queries.StatementView:
+) -> Response[bytes]:
     """Return the statement of ``partner_id`` for ``period``."""
     queries.parse_period(period)
     await _await_projections(request, min_position, _STATEMENTS)
-    return await queries.fetch_statement(_pool(request), partner_id, period)
+    body = await queries.fetch_statement_json(_pool(request), partner_id, period)
+    return Response(body, media_type=MediaType.JSON)
 
 
 @get(
