@@ -281,6 +281,15 @@ def main(ctx: click.Context) -> None:
     help="Do not run the projector in this process (run `ledger project` instead).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Number of server processes sharing the port. Each runs the projector unless "
+    "--no-projector, and an advisory lock per projection lets one process apply it "
+    "while the others wait.",
+)
+@click.option(
     "--demo/--no-demo",
     default=False,
     show_default=True,
@@ -304,11 +313,12 @@ def serve(
     host: str | None,
     port: int | None,
     no_projector: bool,
+    workers: int,
     demo: bool,
     crm_dir: Path | None,
     program_file: Path | None,
 ) -> None:
-    """Serve the HTTP API, with the projector in the same process."""
+    """Serve the HTTP API, with the projector in the server process."""
     # Imported here: the HTTP stack is only needed by this command.
     import uvicorn
 
@@ -318,15 +328,18 @@ def serve(
     settings = _settings(ctx)
     host = host or settings.host
     port = settings.port if port is None else port
-    with _command("serve", host=host, port=port, demo=demo) as fields:
+    with _command("serve", host=host, port=port, demo=demo, workers=workers) as fields:
         _check_port_free(host, port)
         with _services(settings) as services:
             fields["database"] = services.database.redacted
             if demo:
                 report = _load_demo(services, program_file, crm_dir)
                 fields.update(recorded=report.recorded, already_recorded=report.already_recorded)
-            app = create_app(services, run_projector=not no_projector)
             error_console.print(f"serving on http://{host}:{port} (Ctrl-C to stop)")
+            if workers > 1:
+                _serve_workers(services, host, port, workers, run_projector=not no_projector)
+                return
+            app = create_app(services, run_projector=not no_projector)
 
             # uvicorn shuts down gracefully on SIGINT and SIGTERM, then raises the
             # signal again. Catching it here lets this command log how it ended.
@@ -346,6 +359,34 @@ def serve(
                 fields["stopped_by"] = "signal"
             finally:
                 signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_workers(
+    services: Services, host: str, port: int, workers: int, *, run_projector: bool
+) -> None:
+    """Serve with ``workers`` uvicorn processes until SIGINT or SIGTERM.
+
+    uvicorn binds the port in this process and starts each worker with the
+    application factory. The workers read their settings from the environment,
+    so the database that this process resolved, migrated and keeps running
+    goes there first.
+    """
+    import uvicorn
+
+    from ledger.api.server import CoalescingHttpToolsProtocol
+
+    os.environ["LEDGER_DATABASE_URL"] = services.database.url
+    factory = "create_worker_app" if run_projector else "create_worker_app_without_projector"
+    uvicorn.run(
+        f"ledger.api.app:{factory}",
+        factory=True,
+        workers=workers,
+        host=host,
+        port=port,
+        http=CoalescingHttpToolsProtocol,
+        access_log=False,
+        log_level="warning",
+    )
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -650,6 +650,51 @@ def test_serve_demo_loads_crm_and_serves(
     assert finished_line(second)["already_recorded"] == 6
 
 
+def test_serve_workers_share_projections(
+    crm_dir: Path, start: Any, process_env: dict[str, str]
+) -> None:
+    port = free_port()
+    server = start(
+        "serve",
+        "--demo",
+        "--workers",
+        "2",
+        "--port",
+        str(port),
+        "--crm-dir",
+        str(crm_dir),
+        "--program-file",
+        str(PROGRAM_FILE),
+    )
+
+    server.wait_for("api_started", count=2)
+    server.wait_for("projector.lock_acquired", count=3)
+    server.wait_for("projector.lock_waiting", count=3)
+    server.wait_for("projector.caught_up", count=3)
+    statements = [
+        httpx.get(f"http://127.0.0.1:{port}/v1/partners/ada-quill/statements/2016-11", timeout=10)
+        for _ in range(4)
+    ]
+    health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=10)
+    status = server.stop(signal.SIGTERM)
+
+    started = [logged for logged in server.logged if logged["event"] == "api_started"]
+    acquired = [logged for logged in server.logged if logged["event"] == "projector.lock_acquired"]
+    assert len({logged["pid"] for logged in started}) == 2
+    assert sorted(logged["projection"] for logged in acquired) == [
+        "history",
+        "journal",
+        "statements",
+    ]
+    for response in statements:
+        assert response.status_code == 200
+        assert response.json()["closing_balance"] == {"amount": "57.43", "currency": "USD"}
+    assert health.status_code == 200
+    assert health.json()["projector"] == "running"
+    assert status == 0
+    assert finished_line(server)["outcome"] == "ok"
+
+
 def test_serve_demo_without_crm_data_exits_1(start: Any, tmp_path: Path) -> None:
     server = start("serve", "--demo", "--port", str(free_port()), "--crm-dir", str(tmp_path))
 

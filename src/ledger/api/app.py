@@ -11,6 +11,7 @@ the OpenAPI document can be exported without a database.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -30,11 +31,17 @@ from ledger.api.docs import SchemaIndexPlugin
 from ledger.api.middleware import RequestLogMiddleware
 from ledger.api.problems import handle_exception
 from ledger.api.routes import ROUTE_HANDLERS
-from ledger.bootstrap import Services
+from ledger.bootstrap import Services, bootstrap
 from ledger.errors import StoreUnavailableError
 from ledger.logs import configure_logging
+from ledger.settings import Settings
 
-__all__ = ["create_app", "openapi_document"]
+__all__ = [
+    "create_app",
+    "create_worker_app",
+    "create_worker_app_without_projector",
+    "openapi_document",
+]
 
 _log = structlog.get_logger("ledger.api")
 
@@ -109,7 +116,9 @@ def _build(
     )
 
 
-def create_app(services: Services, *, run_projector: bool = True) -> Litestar:
+def create_app(
+    services: Services, *, run_projector: bool = True, close_services: bool = False
+) -> Litestar:
     """Return the HTTP application serving ``services``.
 
     Args:
@@ -117,6 +126,8 @@ def create_app(services: Services, *, run_projector: bool = True) -> Litestar:
         run_projector: Run :func:`ledger.projector.run_projector` inside this
             process while the application runs. Turn it off when a separate
             ``ledger project`` process keeps the projections current.
+        close_services: Close ``services`` when the application shuts down,
+            for an application that owns them.
     """
     if not structlog.is_configured():
         configure_logging(services.settings.log_format)
@@ -126,13 +137,45 @@ def create_app(services: Services, *, run_projector: bool = True) -> Litestar:
         async with _read_pool(services) as pool, _projector_task(services, run_projector) as task:
             app.state["pool"] = pool
             app.state["projector_task"] = task
-            _log.info("api_started", database=services.database.redacted, projector=run_projector)
+            _log.info(
+                "api_started",
+                database=services.database.redacted,
+                projector=run_projector,
+                pid=os.getpid(),
+            )
             try:
                 yield
             finally:
                 _log.info("api_stopping")
+                if close_services:
+                    services.close()
 
     return _build(state=State({"services": services}), lifespan=[lifespan])
+
+
+def create_worker_app() -> Litestar:
+    """Return the application of one ``ledger serve --workers`` process, with a projector.
+
+    uvicorn calls this factory in each worker process. The settings come from
+    the environment, where ``ledger serve`` has put the database it resolved
+    and migrated, so a worker neither migrates nor starts an embedded server.
+    Every worker runs the projector: each projection's advisory lock lets one
+    worker apply it while the others wait, and a waiting worker takes over if
+    the one holding the lock stops.
+    """
+    return _worker_app(run_projector=True)
+
+
+def create_worker_app_without_projector() -> Litestar:
+    """Return the application of one ``ledger serve --workers --no-projector`` process."""
+    return _worker_app(run_projector=False)
+
+
+def _worker_app(*, run_projector: bool) -> Litestar:
+    settings = Settings.from_env()
+    configure_logging(settings.log_format)
+    services = bootstrap(settings, run_migrations=False)
+    return create_app(services, run_projector=run_projector, close_services=True)
 
 
 def openapi_document() -> dict[str, Any]:
