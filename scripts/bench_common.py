@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,6 +50,7 @@ __all__ = [
     "machine_info",
     "print_table",
     "process_cpu_seconds",
+    "process_tree_cpu_seconds",
     "wire",
     "write_json",
 ]
@@ -211,6 +213,32 @@ def process_cpu_seconds(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _child_pids(pid: int) -> list[int]:
+    children = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # The field after the state is the parent's process id.
+        if int(fields[1]) == pid:
+            children.append(int(entry.name))
+    return children
+
+
+def process_tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU seconds of process ``pid`` and all its descendants, live or reaped.
+
+    A server started with several worker processes counts them all.
+    """
+    total = process_cpu_seconds(pid)
+    for child in _child_pids(pid):
+        total += process_tree_cpu_seconds(child)
+    return total
+
+
 def backend_cpu_seconds(dbname: str) -> dict[int, float]:
     """Return CPU seconds by process id of the PostgreSQL backends connected to ``dbname``.
 
@@ -249,6 +277,9 @@ class CpuMeter:
 
     A background thread samples the backends every ``interval`` seconds, so a
     backend that exits during the measurement still counts up to its last sample.
+    The client's CPU includes child processes that exited and were waited for
+    in the meantime, such as a load generator. The server's includes its
+    worker processes.
     """
 
     def __init__(self, dbname: str, server_pid: int | None = None, interval: float = 0.5) -> None:
@@ -267,10 +298,11 @@ class CpuMeter:
             self._backends_last.update(backend_cpu_seconds(self._dbname))
 
     def _sample(self) -> tuple[float, float, float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
         return (
             time.perf_counter(),
-            time.process_time(),
-            process_cpu_seconds(self._server_pid) if self._server_pid else 0.0,
+            time.process_time() + children.ru_utime + children.ru_stime,
+            process_tree_cpu_seconds(self._server_pid) if self._server_pid else 0.0,
             machine_busy_seconds(),
         )
 
