@@ -16,9 +16,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from litestar.testing import AsyncTestClient
 
+from ledger.api import app as api_app
 from ledger.api.app import openapi_document
+from ledger.api.fast_reads import serve_statement
 from ledger.application.commands import RecordActivity
 from ledger.bootstrap import Services
 
@@ -613,3 +616,63 @@ async def test_problem_type_uris_are_documented(client: Client) -> None:
 
         assert response.status_code == 200
         assert response.json()["type"] == f"/problems/{slug}"
+
+
+async def test_statement_short_path_matches_route(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    earning = await record(client, activity("short-path-1"))
+    await record(client, activity("short-path-2", effective_date="2016-02-03"))
+    await client.get(
+        f"/v1/partners/{USD_PARTNER}/statements/2016-02",
+        params={"min_position": earning["position"] + 1},
+    )
+    answered: list[bool] = []
+
+    async def spy(*args: Any) -> bool:
+        result = await serve_statement(*args)
+        answered.append(result)
+        return result
+
+    monkeypatch.setattr(api_app, "serve_statement", spy)
+
+    for period in ("2016-01", "2016-02", "2016-03"):
+        path = f"/v1/partners/{USD_PARTNER}/statements/{period}"
+        short = await client.get(path, headers={"X-Request-ID": f"short-{period}"})
+        # Any query string, here a min_position already reached, takes the route.
+        routed = await client.get(
+            path, params={"min_position": 1}, headers={"X-Request-ID": f"routed-{period}"}
+        )
+
+        assert short.status_code == routed.status_code == 200
+        assert short.content == routed.content
+        assert short.headers["content-type"] == routed.headers["content-type"]
+        assert short.headers["content-length"] == routed.headers["content-length"]
+        assert short.headers["x-request-id"] == f"short-{period}"
+        assert sorted(short.headers.keys()) == sorted(routed.headers.keys())
+    assert answered == [True, False] * 3
+
+
+async def test_statement_short_path_declines_errors(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answered: list[bool] = []
+
+    async def spy(*args: Any) -> bool:
+        result = await serve_statement(*args)
+        answered.append(result)
+        return result
+
+    monkeypatch.setattr(api_app, "serve_statement", spy)
+
+    unknown = await client.get("/v1/partners/nobody/statements/2016-01")
+    bad_period = await client.get(f"/v1/partners/{USD_PARTNER}/statements/2016-13")
+    bad_id = await client.get(
+        f"/v1/partners/{USD_PARTNER}/statements/2016-01", headers={"X-Request-ID": "x" * 101}
+    )
+
+    assert unknown.status_code == 404
+    assert unknown.headers["content-type"] == "application/problem+json"
+    assert bad_period.status_code == 422
+    assert bad_id.status_code == 400
+    assert answered == [False, False, False]

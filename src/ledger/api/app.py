@@ -15,19 +15,30 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 import structlog
 from litestar import Litestar
 from litestar.datastructures import State
+from litestar.enums import ScopeType
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin
 from litestar.params import HeaderParameter
+from litestar.types import (
+    HTTPScope,
+    LifeSpanReceive,
+    LifeSpanScope,
+    LifeSpanSend,
+    Receive,
+    Scope,
+    Send,
+)
 
 from ledger import projector
 from ledger.api.context import MAX_HEADER_TEXT, REQUEST_ID_HEADER, require_json_body
 from ledger.api.docs import SchemaIndexPlugin
+from ledger.api.fast_reads import serve_statement
 from ledger.api.middleware import RequestLogMiddleware
 from ledger.api.problems import handle_exception
 from ledger.api.routes import ROUTE_HANDLERS
@@ -78,12 +89,33 @@ def _package_version() -> str:
         return "0.0.0"
 
 
+class _LedgerApp(Litestar):
+    """Litestar application that serves plain statement reads on a short path.
+
+    See :mod:`ledger.api.fast_reads`: every request that path declines goes
+    through Litestar as usual.
+    """
+
+    async def __call__(
+        self,
+        scope: Scope | LifeSpanScope,
+        receive: Receive | LifeSpanReceive,
+        send: Send | LifeSpanSend,
+    ) -> None:
+        """Serve the request on the short path when it applies, else through Litestar."""
+        if scope["type"] == ScopeType.HTTP and await serve_statement(
+            self.state, cast(HTTPScope, scope), cast(Send, send)
+        ):
+            return
+        await super().__call__(scope, receive, send)
+
+
 def _build(
     *,
     state: State,
     lifespan: list[Callable[[Litestar], AbstractAsyncContextManager[None]]],
 ) -> Litestar:
-    return Litestar(
+    return _LedgerApp(
         route_handlers=ROUTE_HANDLERS,
         middleware=[RequestLogMiddleware()],
         exception_handlers={Exception: handle_exception},
