@@ -248,6 +248,18 @@ def _drive_wrk(
     )
     latency = result["latency_us"]
     elapsed = result["duration_us"] / 1e6
+    # With every connection always busy, the mean latency is the connections
+    # divided by the throughput (Little's law). wrk 4.1 has been seen to
+    # report a larger mean on this VM when the machine is busy (as in its
+    # issues #114 and #438), and then its percentiles are suspect too.
+    littles_law_mean_ms = clients / (result["requests"] / elapsed) * 1000
+    consistent = latency["mean"] / 1000 <= 1.1 * littles_law_mean_ms
+    if not consistent:
+        console.print(
+            f"[yellow]warning: wrk's mean latency {latency['mean'] / 1000:.2f} ms exceeds "
+            f"{clients} connections / throughput = {littles_law_mean_ms:.2f} ms by more than "
+            "10%; its percentiles are unreliable, so compare with --client python[/yellow]"
+        )
     return {
         "clients": clients,
         "load_client": f"wrk ({threads} threads)",
@@ -262,6 +274,8 @@ def _drive_wrk(
             "p99_ms": latency["p99"] / 1000,
             "max_ms": latency["max"] / 1000,
         },
+        "littles_law_mean_ms": round(littles_law_mean_ms, 3),
+        "latency_consistent_with_throughput": consistent,
         "failures": failures,
         "failure_examples": {"first bad response": result["bad_example"], "errors": errors}
         if failures
