@@ -274,6 +274,7 @@ def _drive_wrk(
         ",".join(PERIODS),
         str(seed),
     ]
+
     completed = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in completed.stdout.splitlines() if line.startswith(WRK_RESULT_PREFIX)]
     if completed.returncode != 0 or not lines:
@@ -282,18 +283,21 @@ def _drive_wrk(
             f"{(completed.stderr or completed.stdout).strip()[:500]}"
         )
     result = json.loads(lines[-1].removeprefix(WRK_RESULT_PREFIX))
+
     errors = result["errors"]
     # wrk also counts statuses of 400 and above in errors.status, which the
     # script's own count of bad responses already includes.
     failures = result["bad_responses"] + sum(
         errors[kind] for kind in ("connect", "read", "write", "timeout")
     )
+
     latency = result["latency_us"]
     elapsed = result["duration_us"] / 1e6
     # With every connection always busy, the mean latency is the connections
-    # divided by the throughput (Little's law). wrk 4.1 has been seen to
-    # report a larger mean on this VM when the machine is busy (as in its
-    # issues #114 and #438), and then its percentiles are suspect too.
+    # divided by the throughput (Little's law). On the 2-vCPU VM of
+    # docs/benchmarks.md, wrk 4.1 reported means up to ten times that, even
+    # with one connection to a trivial server; its percentiles are then
+    # suspect too.
     littles_law_mean_ms = clients / (result["requests"] / elapsed) * 1000
     consistent = latency["mean"] / 1000 <= 1.1 * littles_law_mean_ms
     if not consistent:
