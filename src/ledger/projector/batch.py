@@ -22,7 +22,7 @@ import msgspec
 from ledger.errors import LedgerError, StoreUnavailableError
 from ledger.infrastructure.database import DatabaseUrl
 from ledger.projector.base import Projection, quote_identifier
-from ledger.projector.events import DecodedEvents, read_batch
+from ledger.projector.events import SharedReads, read_batch
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -142,13 +142,14 @@ async def project_batch(
     schema: str,
     *,
     batch_size: int,
-    decoded: DecodedEvents | None = None,
+    shared: SharedReads | None = None,
 ) -> BatchResult:
     """Apply the next up to ``batch_size`` events to ``projection``'s tables in ``schema``.
 
     Runs in its own transaction, or in a savepoint when the caller already
     opened one. Waits while another session has the checkpoint row locked.
-    ``decoded`` shares decoded events with other projections of the same run.
+    ``shared`` shares the event rows and their decoding with the other
+    projections of the same run.
 
     Raises:
         StoreUnavailableError: The connection failed; the batch rolled back.
@@ -163,7 +164,7 @@ async def project_batch(
             position = await conn.fetchval(select_checkpoint)
 
             batch = await read_batch(
-                conn, after=position, limit=batch_size, topics=projection.topics, decoded=decoded
+                conn, after=position, limit=batch_size, topics=projection.topics, shared=shared
             )
             if batch is None:
                 return BatchResult(0, position)

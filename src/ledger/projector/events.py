@@ -11,6 +11,7 @@ with one extra query on the event store's primary key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -36,8 +37,8 @@ __all__ = [
     "PARTNER_TIER_CHANGED",
     "PROGRAM_CREATED",
     "PROGRAM_RULE_SET_PUBLISHED",
-    "DecodedEvents",
     "EventBatch",
+    "SharedReads",
     "json_text",
     "read_batch",
     "read_head",
@@ -130,36 +131,77 @@ def _decode(originator_id: UUID, version: int, topic: str, state: bytes) -> Any:
     return _MAPPER.to_domain_event(StoredEvent(originator_id, version, topic, state))
 
 
-class DecodedEvents:
-    """Decoded events by position, shared by the projection tasks of one run.
+class _Read:
+    """Rows of one full read, with each row's event decoded on first request."""
 
-    The projections of one run read the same events at about the same time,
-    so decoding each event once instead of once per projection saves most of
-    the decoding work. Positions identify events only within one database, so
-    an instance must never serve two databases. Handlers must not modify the
-    events it returns.
-    """
+    __slots__ = ("events", "rows")
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._events: dict[int, Any] = {}
+    def __init__(self, rows: list[asyncpg.Record]) -> None:
+        self.rows = rows
+        self.events: list[Any] = [None] * len(rows)
 
-    def decode(
-        self, position: int, originator_id: UUID, version: int, topic: str, state: bytes
-    ) -> Any:
-        """Return the event stored at ``position``, decoding it on first request."""
-        event = self._events.get(position)
+    def event(self, index: int) -> Any:
+        """Return the event of row ``index``, decoding it on first request."""
+        event = self.events[index]
         if event is None:
+            _, originator_id, version, topic, state = self.rows[index]
             event = _decode(originator_id, version, topic, state)
-            self._events[position] = event
+            self.events[index] = event
         return event
 
-    def trim(self) -> None:
-        """Drop the oldest events beyond ``capacity``."""
-        excess = len(self._events) - self.capacity
+
+class SharedReads:
+    """Event rows read by one projection's batch and reused by the others of a run.
+
+    Projections whose checkpoints are equal ask for the same rows: the first
+    to ask reads and the others, asking while it reads or after, get the same
+    rows and the events decoded so far. Only a read that returned ``limit``
+    rows is shared. Such a read can never change, because every event at or
+    below its last position was committed before it, whereas a shorter read
+    stops at a head that may have moved since. Each projection still reads its
+    own checkpoint in its own transaction and asks for the rows after it, so
+    sharing decides only where the rows come from, never which rows a batch
+    applies.
+
+    Positions identify events only within one database, so an instance must
+    never serve two databases. Handlers must not modify the events it returns.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._reads: dict[tuple[int, int], asyncio.Future[_Read | None]] = {}
+
+    async def read(self, conn: asyncpg.Connection, after: int, limit: int) -> _Read:
+        """Return up to ``limit`` rows after position ``after``, read once for every caller."""
+        key = (after, limit)
+        pending = self._reads.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            # The reading projection failed or found fewer rows: read here.
+            return _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
+
+        pending = asyncio.get_running_loop().create_future()
+        self._reads[key] = pending
+        self._trim()
+        result: _Read | None = None
+        try:
+            result = _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
+        finally:
+            full = result is not None and len(result.rows) == limit
+            pending.set_result(result if full else None)
+            if not full and self._reads.get(key) is pending:
+                del self._reads[key]
+        assert result is not None
+        return result
+
+    def _trim(self) -> None:
+        """Drop the oldest reads beyond ``capacity``."""
+        excess = len(self._reads) - self.capacity
         if excess > 0:
-            for position in list(itertools.islice(self._events, excess)):
-                del self._events[position]
+            for key in list(itertools.islice(self._reads, excess)):
+                del self._reads[key]
 
 
 async def read_batch(
@@ -168,37 +210,38 @@ async def read_batch(
     after: int,
     limit: int,
     topics: Collection[str],
-    decoded: DecodedEvents | None = None,
+    shared: SharedReads | None = None,
 ) -> EventBatch | None:
     """Read up to ``limit`` events after position ``after``; return None if there are none.
 
-    Events whose topic is not in ``topics`` are not decoded. ``decoded`` lets
-    projections running side by side share the decoding work. The caller runs
-    this inside its batch transaction. Because the event store serializes
-    inserts with a table lock, every event at or below the last position read
-    is already committed, so a later batch never finds an earlier position.
+    Events whose topic is not in ``topics`` are not decoded. ``shared`` lets
+    projections running side by side share the reading and decoding work. The
+    caller runs this inside its batch transaction. Because the event store
+    serializes inserts with a table lock, every event at or below the last
+    position read is already committed, so a later batch never finds an
+    earlier position.
     """
-    rows = await conn.fetch(_SELECT_EVENTS, after, limit)
+    if shared is None:
+        read = _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
+    else:
+        read = await shared.read(conn, after, limit)
+    rows = read.rows
     if not rows:
         return None
-    if decoded is None:
-        decoded = DecodedEvents(capacity=len(rows))
 
     # Decode the handled topics and remember the creation events seen.
     events: list[tuple[int, Any]] = []
     creations: dict[UUID, Any] = {}
     needed: set[UUID] = set()
-    for notification_id, originator_id, version, topic, state in rows:
+    for index, (notification_id, originator_id, version, topic, _) in enumerate(rows):
         if topic not in topics:
             continue
-        event = decoded.decode(notification_id, originator_id, version, topic, state)
+        event = read.event(index)
         events.append((notification_id, event))
         if version == 1:
             creations[originator_id] = event
         elif topic in _NEEDS_CREATION:
             needed.add(originator_id)
-
-    decoded.trim()
 
     # Fetch the creation events that earlier batches contained.
     missing = needed.difference(creations)
