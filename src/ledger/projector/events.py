@@ -78,7 +78,7 @@ _JSON_ENCODER = msgspec.json.Encoder()
 
 
 def json_text(value: Any) -> str:
-    """Encode ``value`` as JSON text for a ``jsonb`` parameter.
+    """Encode ``value`` as JSON text for a ``json`` or ``jsonb`` parameter or column.
 
     Decimals become strings with their exact digits, dates and datetimes ISO
     8601 strings, UUIDs their canonical text, and tuples arrays.
