@@ -11,6 +11,7 @@ because a rebuild may swap in tables at another position between batches.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -30,6 +31,7 @@ __all__ = [
     "ProjectionFailedError",
     "close_connection",
     "connect",
+    "fewer_collections",
     "project_batch",
     "store_errors",
 ]
@@ -44,6 +46,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
+
+# Allocations between two collections of the garbage collector's youngest
+# generation while batches run (Python's default is 700).
+_BATCH_GC_THRESHOLD = 20_000
+_gc_users = 0
+_gc_thresholds: tuple[int, int, int] | None = None
 
 
 class ProjectionFailedError(LedgerError):
@@ -119,6 +127,34 @@ def store_errors(action: str) -> Iterator[None]:
             f"lost the database connection while {action}: {error}; run it again once "
             "the server is reachable"
         ) from error
+
+
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the garbage collector's youngest generation less often inside the block.
+
+    A batch keeps thousands of rows and events alive across its awaits. At
+    Python's default threshold the collector runs many times per batch, moves
+    those objects into older generations and then walks the whole heap in
+    full collections, which cost about a fifth of the client CPU time of a
+    200,000-event catch-up. With the higher threshold most of a batch's
+    objects are freed by reference counting before a collection sees them.
+    The setting is process-wide, and the previous thresholds come back when
+    the last block of the process exits.
+    """
+    global _gc_users, _gc_thresholds
+    if _gc_users == 0:
+        _gc_thresholds = gc.get_threshold()
+        first, *older = _gc_thresholds
+        gc.set_threshold(max(first, _BATCH_GC_THRESHOLD), *older)
+    _gc_users += 1
+    try:
+        yield
+    finally:
+        _gc_users -= 1
+        if _gc_users == 0 and _gc_thresholds is not None:
+            gc.set_threshold(*_gc_thresholds)
+            _gc_thresholds = None
 
 
 @lru_cache(maxsize=16)

@@ -32,6 +32,7 @@ from ledger.projector.batch import (
     ProjectionFailedError,
     close_connection,
     connect,
+    fewer_collections,
     project_batch,
     store_errors,
 )
@@ -454,13 +455,14 @@ async def catch_up(
 
     shared = _shared_reads()
     pacer = _Pacer(projection.name for projection in projections)
-    results = await asyncio.gather(
-        *(
-            _catch_up_one(database, projection, batch_size, shared, pacer)
-            for projection in projections
-        ),
-        return_exceptions=True,
-    )
+    with fewer_collections():
+        results = await asyncio.gather(
+            *(
+                _catch_up_one(database, projection, batch_size, shared, pacer)
+                for projection in projections
+            ),
+            return_exceptions=True,
+        )
 
     counts: list[int] = []
     errors: list[BaseException] = []
