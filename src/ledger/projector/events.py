@@ -20,8 +20,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 
 from ledger.domain.adjustment import Adjustment
 from ledger.domain.earning import Earning
@@ -71,9 +70,10 @@ SELECT originator_id, topic, state
  WHERE originator_id = ANY($1::uuid[]) AND originator_version = 1
 """
 
-# Decoding is pure and the transcoder keeps no per-call state, so one mapper
-# serves every projection task of the process.
-_MAPPER: Mapper[UUID] = Mapper(transcoder=MsgspecTranscoder())
+# Decoding is pure and the transcoder keeps no per-call state, so one
+# transcoder serves every projection task of the process.
+_TRANSCODER = MsgspecTranscoder()
+_EVENT_CLASSES: dict[str, type[Any]] = {}
 _JSON_ENCODER = msgspec.json.Encoder()
 
 
@@ -128,7 +128,29 @@ async def read_head(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 def _decode(originator_id: UUID, version: int, topic: str, state: bytes) -> Any:
-    return _MAPPER.to_domain_event(StoredEvent(originator_id, version, topic, state))
+    """Return the domain event stored as ``state``, upcast to its class's current version.
+
+    Gives the event that eventsourcing's ``Mapper.to_domain_event`` gives for
+    this store, which uses neither a cipher nor a compressor, but resolves the
+    class of each topic once and builds no ``StoredEvent``. Upcasting follows eventsourcing's convention: a
+    state without ``class_version`` is version 1, and each
+    ``upcast_v<n>_v<n+1>`` of the class changes the state in place.
+    """
+    event_class = _EVENT_CLASSES.get(topic)
+    if event_class is None:
+        event_class = resolve_topic(topic)
+        _EVENT_CLASSES[topic] = event_class
+    event_state: dict[str, Any] = _TRANSCODER.decode(state)
+    event_state["originator_id"] = originator_id
+    event_state["originator_version"] = version
+    class_version: int = getattr(event_class, "class_version", 1)
+    from_version: int = event_state.pop("class_version", 1)
+    while from_version < class_version:
+        getattr(event_class, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
+        from_version += 1
+    event = object.__new__(event_class)
+    object.__setattr__(event, "__dict__", event_state)
+    return event
 
 
 class _Read:
