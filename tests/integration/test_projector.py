@@ -44,6 +44,7 @@ from ledger.projector import (
     run_projector,
     wait_for_position,
 )
+from ledger.projector.events import SharedReads
 from ledger.settings import Settings
 
 CONTEXT = CommandContext(actor="tester", correlation_id="corr-projector")
@@ -471,6 +472,33 @@ async def test_version_1_events_are_upcast(services: Services) -> None:
     data = msgspec.json.decode(history["data"])
     assert data["reason"] == ""
     assert data["to_tier"] == "gold"
+
+
+async def test_full_reads_are_shared_and_short_reads_are_not(services: Services) -> None:
+    app = services.app
+    publish_program(app)
+    enroll(app, "acme")
+    head = earn(app, "acme", "deal-1")
+    shared = SharedReads()
+    first_conn = await asyncpg.connect(services.database.url)
+    second_conn = await asyncpg.connect(services.database.url)
+    try:
+        # Two projections at position 0 ask for the same full read.
+        first = await shared.read(first_conn, 0, 2)
+        second = await shared.read(second_conn, 0, 2)
+
+        # A read that stops at the head is not reused once the head moves.
+        short = await shared.read(first_conn, head - 1, 10)
+        newer = earn(app, "acme", "deal-2")
+        later = await shared.read(second_conn, head - 1, 10)
+    finally:
+        await first_conn.close()
+        await second_conn.close()
+
+    assert second is first
+    assert [row["notification_id"] for row in first.rows] == [1, 2]
+    assert [row["notification_id"] for row in short.rows] == [head]
+    assert [row["notification_id"] for row in later.rows] == [head, newer]
 
 
 # 2. An event committed late is not skipped ---------------------------------
