@@ -138,7 +138,7 @@ def fewer_collections() -> Iterator[None]:
     those objects into older generations and then walks the whole heap in
     full collections, which cost about a fifth of the client CPU time of a
     200,000-event catch-up. With the higher threshold most of a batch's
-    objects are freed by reference counting before a collection sees them.
+    objects are freed by reference counting before any collection visits them.
     The setting is process-wide, and the previous thresholds come back when
     the last block of the process exits.
     """

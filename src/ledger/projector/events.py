@@ -181,8 +181,8 @@ class SharedReads:
     rows is shared. Such a read can never change, because every event at or
     below its last position was committed before it, whereas a shorter read
     stops at a head that may have moved since. Each projection still reads its
-    own checkpoint in its own transaction and asks for the rows after it, so
-    sharing decides only where the rows come from, never which rows a batch
+    own checkpoint in its own transaction and requests the rows after it, so
+    sharing changes only where the rows come from, never which rows a batch
     applies.
 
     Positions identify events only within one database, so an instance must
@@ -201,7 +201,7 @@ class SharedReads:
             shared = await asyncio.shield(pending)
             if shared is not None:
                 return shared
-            # The reading projection failed or found fewer rows: read here.
+            # The first reader failed or found fewer rows than limit, so read here.
             return _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
 
         pending = asyncio.get_running_loop().create_future()
