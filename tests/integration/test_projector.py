@@ -474,6 +474,26 @@ async def test_version_1_events_are_upcast(services: Services) -> None:
     assert data["to_tier"] == "gold"
 
 
+async def test_damaged_event_fails_batch_naming_it(services: Services) -> None:
+    app = services.app
+    publish_program(app)
+    enroll(app, "acme")
+    stream = partner_id_uuid("damaged")
+    with psycopg.connect(services.database.url) as conn:
+        conn.execute(
+            "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, %s, %s)",
+            (stream, get_topic(Partner.Enrolled), b"\xc1"),
+        )
+
+    with pytest.raises(ProjectionFailedError) as failure:
+        await catch_up(services.database, names=["history"])
+
+    assert failure.value.position == 0
+    assert f"version 1 of stream {stream}" in str(failure.value)
+    assert await fetch_all(services.database, "SELECT * FROM history.partner_events") == []
+
+
 async def test_full_reads_are_shared_and_short_reads_are_not(services: Services) -> None:
     app = services.app
     publish_program(app)

@@ -132,15 +132,25 @@ def _decode(originator_id: UUID, version: int, topic: str, state: bytes) -> Any:
 
     Gives the event that eventsourcing's ``Mapper.to_domain_event`` gives for
     this store, which uses neither a cipher nor a compressor, but resolves the
-    class of each topic once and builds no ``StoredEvent``. Upcasting follows eventsourcing's convention: a
-    state without ``class_version`` is version 1, and each
-    ``upcast_v<n>_v<n+1>`` of the class changes the state in place.
+    class of each topic once and builds no ``StoredEvent``. Upcasting follows
+    eventsourcing's convention: a state without ``class_version`` is version
+    1, and each ``upcast_v<n>_v<n+1>`` of the class changes the state in place.
+
+    Raises:
+        ValueError: The state cannot be decoded; the message names the event.
     """
     event_class = _EVENT_CLASSES.get(topic)
     if event_class is None:
         event_class = resolve_topic(topic)
         _EVENT_CLASSES[topic] = event_class
-    event_state: dict[str, Any] = _TRANSCODER.decode(state)
+    try:
+        event_state: dict[str, Any] = _TRANSCODER.decode(state)
+    except (msgspec.MsgspecError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"cannot decode the stored state of {topic} version {version} of stream "
+            f"{originator_id}: {error}; the event store row is damaged or was written by "
+            "another transcoder"
+        ) from error
     event_state["originator_id"] = originator_id
     event_state["originator_version"] = version
     class_version: int = getattr(event_class, "class_version", 1)
