@@ -12,6 +12,8 @@ INSERT INTO {schema}.checkpoint (position) VALUES (0);
 -- rows, however many events share a recorded_at timestamp. data contains the
 -- event's fields as JSON, money as {"amount": "5.00", "currency": "USD"} with
 -- signed amounts as on statements, rates and unrounded results as strings.
+-- data is json rather than jsonb for the reasons given for statement
+-- explanations in statements.sql.
 CREATE TABLE {schema}.partner_events (
     partner_id text NOT NULL,
     position bigint NOT NULL,
@@ -23,6 +25,6 @@ CREATE TABLE {schema}.partner_events (
     actor text NOT NULL,
     correlation_id text NOT NULL,
     source_ref text NOT NULL,
-    data jsonb NOT NULL,
+    data json NOT NULL,
     PRIMARY KEY (partner_id, position)
 );

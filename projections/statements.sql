@@ -56,7 +56,9 @@ CREATE TABLE {schema}.period_totals (
 );
 
 -- One row per money-moving event. amount_minor is signed: earnings and
--- credits positive, reversals and debits negative.
+-- credits positive, reversals and debits negative. explanation is json, not
+-- jsonb: it is written once and read whole, json costs less than half as
+-- much to store and to read, and it keeps the projector's key order.
 CREATE TABLE {schema}.statement_lines (
     position bigint PRIMARY KEY,
     partner_id text NOT NULL,
@@ -66,7 +68,7 @@ CREATE TABLE {schema}.statement_lines (
     kind text NOT NULL,
     source_ref text NOT NULL,
     amount_minor bigint NOT NULL,
-    explanation jsonb NOT NULL,
+    explanation json NOT NULL,
     recorded_at timestamptz NOT NULL,
     event_id uuid NOT NULL,
     event_version bigint NOT NULL

@@ -6,7 +6,7 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import date
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -14,6 +14,7 @@ import asyncpg
 import msgspec
 import psycopg
 import pytest
+from eventsourcing.utils import get_topic
 
 from ledger.application.commands import (
     ChangeTier,
@@ -27,10 +28,14 @@ from ledger.application.commands import (
 from ledger.application.service import LedgerApplication
 from ledger.bootstrap import Services
 from ledger.domain.adjustment import Adjustment
+from ledger.domain.ids import partner_id_uuid, program_id_uuid
 from ledger.domain.money import Money
+from ledger.domain.partner import Partner
+from ledger.domain.program import Program
 from ledger.domain.rules import Rule, RuleSet
 from ledger.errors import InvalidInputError, StoreUnavailableError
 from ledger.infrastructure.database import DatabaseUrl
+from ledger.infrastructure.transcoder import MsgspecTranscoder
 from ledger.projector import (
     PROJECTION_NAMES,
     ProjectionFailedError,
@@ -39,6 +44,7 @@ from ledger.projector import (
     run_projector,
     wait_for_position,
 )
+from ledger.projector.events import SharedReads
 from ledger.settings import Settings
 
 CONTEXT = CommandContext(actor="tester", correlation_id="corr-projector")
@@ -409,6 +415,110 @@ async def test_catch_up_on_empty_store(database: DatabaseUrl) -> None:
         assert not await wait_for_position(conn, 1, names=["journal"], timeout=0.05)
     finally:
         await conn.close()
+
+
+async def test_version_1_events_are_upcast(services: Services) -> None:
+    app = services.app
+    publish_program(app)
+    enroll(app, "acme")
+    transcoder = MsgspecTranscoder()
+    # A TierChanged and a Program.Created as version 1 of their classes stored
+    # them: no reason, no tiers, and no class_version key in the state.
+    tier_changed_v1 = {
+        "timestamp": datetime(2024, 5, 1, 9, 30, tzinfo=UTC),
+        "from_tier": "registered",
+        "to_tier": "gold",
+        "effective_date": date(2024, 5, 1),
+        "actor": "tester",
+        "idempotency_key": "tier-1",
+        "correlation_id": "corr-v1",
+    }
+    program_created_v1 = {
+        "timestamp": datetime(2024, 1, 1, 8, 0, tzinfo=UTC),
+        "originator_topic": get_topic(Program),
+        "program_id": "legacy-program",
+        "name": "Legacy",
+        "currency": "EUR",
+        "time_zone": "UTC",
+        "rounding": "half-even",
+        "actor": "tester",
+        "correlation_id": "corr-v1",
+    }
+    with psycopg.connect(services.database.url) as conn:
+        for stream, version, event_class, state in (
+            (partner_id_uuid("acme"), 2, Partner.TierChanged, tier_changed_v1),
+            (program_id_uuid("legacy-program"), 1, Program.Created, program_created_v1),
+        ):
+            conn.execute(
+                "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+                "VALUES (%s, %s, %s, %s)",
+                (stream, version, get_topic(event_class), transcoder.encode(state)),
+            )
+
+    await catch_up(services.database)
+
+    [partner] = await fetch_all(services.database, "SELECT tier FROM statements.partners")
+    assert partner["tier"] == "gold"
+    [program] = await fetch_all(
+        services.database,
+        "SELECT tiers, currency FROM statements.programs WHERE program_id = 'legacy-program'",
+    )
+    assert msgspec.json.decode(program["tiers"]) == []
+    assert program["currency"] == "EUR"
+    [history] = await fetch_all(
+        services.database,
+        "SELECT data FROM history.partner_events WHERE event_type = 'Partner.TierChanged'",
+    )
+    data = msgspec.json.decode(history["data"])
+    assert data["reason"] == ""
+    assert data["to_tier"] == "gold"
+
+
+async def test_damaged_event_fails_batch_naming_it(services: Services) -> None:
+    app = services.app
+    publish_program(app)
+    enroll(app, "acme")
+    stream = partner_id_uuid("damaged")
+    with psycopg.connect(services.database.url) as conn:
+        conn.execute(
+            "INSERT INTO ledger_events (originator_id, originator_version, topic, state) "
+            "VALUES (%s, 1, %s, %s)",
+            (stream, get_topic(Partner.Enrolled), b"\xc1"),
+        )
+
+    with pytest.raises(ProjectionFailedError) as failure:
+        await catch_up(services.database, names=["history"])
+
+    assert failure.value.position == 0
+    assert f"version 1 of stream {stream}" in str(failure.value)
+    assert await fetch_all(services.database, "SELECT * FROM history.partner_events") == []
+
+
+async def test_full_reads_are_shared_and_short_reads_are_not(services: Services) -> None:
+    app = services.app
+    publish_program(app)
+    enroll(app, "acme")
+    head = earn(app, "acme", "deal-1")
+    shared = SharedReads()
+    first_conn = await asyncpg.connect(services.database.url)
+    second_conn = await asyncpg.connect(services.database.url)
+    try:
+        # Two projections at position 0 ask for the same full read.
+        first = await shared.read(first_conn, 0, 2)
+        second = await shared.read(second_conn, 0, 2)
+
+        # A read that stops at the head is not reused once the head moves.
+        short = await shared.read(first_conn, head - 1, 10)
+        newer = earn(app, "acme", "deal-2")
+        later = await shared.read(second_conn, head - 1, 10)
+    finally:
+        await first_conn.close()
+        await second_conn.close()
+
+    assert second is first
+    assert [row["notification_id"] for row in first.rows] == [1, 2]
+    assert [row["notification_id"] for row in short.rows] == [head]
+    assert [row["notification_id"] for row in later.rows] == [head, newer]
 
 
 # 2. An event committed late is not skipped ---------------------------------

@@ -30,6 +30,7 @@ __all__ = [
     "RoundingMode",
     "apply_rate",
     "currency_exponent",
+    "format_minor",
     "round_minor",
 ]
 
@@ -132,6 +133,28 @@ def currency_exponent(currency: str, *, field: str = "currency") -> int:
         ) from None
 
 
+def format_minor(amount_minor: int, currency: str) -> str:
+    """Return minor units as a decimal string with exactly the currency's digits.
+
+    The same text as ``Money(amount_minor, currency).format()``, for callers
+    that format many amounts and need no :class:`Money`: 6040 USD is "60.40",
+    -5 JPY is "-5" and 1250 BHD is "1.250".
+
+    Raises:
+        TypeError: ``amount_minor`` is not an ``int``.
+        InvalidInputError: The currency is not a supported ISO 4217 code.
+    """
+    if type(amount_minor) is not int:
+        raise TypeError(f"amount_minor must be int, got {type(amount_minor).__name__}")
+    exponent = currency_exponent(currency)
+    sign = "-" if amount_minor < 0 else ""
+    digits = str(abs(amount_minor))
+    if exponent == 0:
+        return sign + digits
+    digits = digits.rjust(exponent + 1, "0")
+    return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
+
+
 def round_minor(value: Decimal, mode: RoundingMode) -> int:
     """Round a fractional count of minor units to an integer with ``mode``."""
     return int(value.quantize(Decimal(1), rounding=mode.decimal_rounding))
@@ -213,13 +236,7 @@ class Money:
 
     def format(self) -> str:
         """Return the amount as a decimal string with exactly the currency's digits."""
-        exponent = self.exponent
-        sign = "-" if self.amount_minor < 0 else ""
-        digits = str(abs(self.amount_minor))
-        if exponent == 0:
-            return sign + digits
-        digits = digits.rjust(exponent + 1, "0")
-        return f"{sign}{digits[:-exponent]}.{digits[-exponent:]}"
+        return format_minor(self.amount_minor, self.currency)
 
     def to_decimal(self) -> Decimal:
         """Return the amount in major units as an exact Decimal."""

@@ -5,11 +5,11 @@ from __future__ import annotations
 import abc
 import zlib
 from collections.abc import Collection
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 
 import asyncpg
 
-from ledger.domain.money import Money, currency_exponent
+from ledger.domain.money import currency_exponent, format_minor
 from ledger.projector.events import EventBatch
 
 __all__ = [
@@ -20,6 +20,9 @@ __all__ = [
     "money_text",
     "quote_identifier",
 ]
+
+# Decimal context in which scaleb() never rounds.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 class Projection(abc.ABC):
@@ -66,7 +69,7 @@ def money_text(amount_minor: int | None, currency: str) -> str | None:
     """Return minor units as a decimal string with the currency's digits, or None."""
     if amount_minor is None:
         return None
-    return Money(amount_minor, currency).format()
+    return format_minor(amount_minor, currency)
 
 
 def decimal_text(value: Decimal | None) -> str | None:
@@ -86,9 +89,7 @@ def major_units_text(value_minor: Decimal | None, currency: str) -> str | None:
         return None
     if not value_minor.is_finite():
         return str(value_minor)
-    # Shifting the exponent of the tuple form is exact, whereas scaleb() rounds
-    # to the context precision of 28 digits.
-    sign, digits, exponent = value_minor.as_tuple()
-    assert isinstance(exponent, int)
-    shifted = Decimal((sign, digits, exponent - currency_exponent(currency)))
+    # scaleb() rounds only to the context precision, which this context sets
+    # to the maximum, so the shift is exact.
+    shifted = value_minor.scaleb(-currency_exponent(currency), _EXACT)
     return format(shifted, "f")

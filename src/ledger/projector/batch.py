@@ -11,6 +11,7 @@ because a rebuild may swap in tables at another position between batches.
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
@@ -22,7 +23,7 @@ import msgspec
 from ledger.errors import LedgerError, StoreUnavailableError
 from ledger.infrastructure.database import DatabaseUrl
 from ledger.projector.base import Projection, quote_identifier
-from ledger.projector.events import DecodedEvents, read_batch
+from ledger.projector.events import SharedReads, read_batch
 
 __all__ = [
     "CONNECTION_ERRORS",
@@ -30,6 +31,7 @@ __all__ = [
     "ProjectionFailedError",
     "close_connection",
     "connect",
+    "fewer_collections",
     "project_batch",
     "store_errors",
 ]
@@ -44,6 +46,12 @@ CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 _CLOSE_ERRORS: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, TimeoutError)
+
+# Allocations between two collections of the garbage collector's youngest
+# generation while batches run (Python's default is 700).
+_BATCH_GC_THRESHOLD = 20_000
+_gc_users = 0
+_gc_thresholds: tuple[int, int, int] | None = None
 
 
 class ProjectionFailedError(LedgerError):
@@ -121,6 +129,34 @@ def store_errors(action: str) -> Iterator[None]:
         ) from error
 
 
+@contextmanager
+def fewer_collections() -> Iterator[None]:
+    """Run the garbage collector's youngest generation less often inside the block.
+
+    A batch keeps thousands of rows and events alive across its awaits. At
+    Python's default threshold the collector runs many times per batch, moves
+    those objects into older generations and then walks the whole heap in
+    full collections, which cost about a fifth of the client CPU time of a
+    200,000-event catch-up. With the higher threshold most of a batch's
+    objects are freed by reference counting before any collection visits them.
+    The setting is process-wide, and the previous thresholds come back when
+    the last block of the process exits.
+    """
+    global _gc_users, _gc_thresholds
+    if _gc_users == 0:
+        _gc_thresholds = gc.get_threshold()
+        first, *older = _gc_thresholds
+        gc.set_threshold(max(first, _BATCH_GC_THRESHOLD), *older)
+    _gc_users += 1
+    try:
+        yield
+    finally:
+        _gc_users -= 1
+        if _gc_users == 0 and _gc_thresholds is not None:
+            gc.set_threshold(*_gc_thresholds)
+            _gc_thresholds = None
+
+
 @lru_cache(maxsize=16)
 def _checkpoint_statements(schema: str) -> tuple[str, str]:
     table = f"{quote_identifier(schema)}.checkpoint"
@@ -142,13 +178,14 @@ async def project_batch(
     schema: str,
     *,
     batch_size: int,
-    decoded: DecodedEvents | None = None,
+    shared: SharedReads | None = None,
 ) -> BatchResult:
     """Apply the next up to ``batch_size`` events to ``projection``'s tables in ``schema``.
 
     Runs in its own transaction, or in a savepoint when the caller already
     opened one. Waits while another session has the checkpoint row locked.
-    ``decoded`` shares decoded events with other projections of the same run.
+    ``shared`` shares the event rows and their decoding with the other
+    projections of the same run.
 
     Raises:
         StoreUnavailableError: The connection failed; the batch rolled back.
@@ -163,7 +200,7 @@ async def project_batch(
             position = await conn.fetchval(select_checkpoint)
 
             batch = await read_batch(
-                conn, after=position, limit=batch_size, topics=projection.topics, decoded=decoded
+                conn, after=position, limit=batch_size, topics=projection.topics, shared=shared
             )
             if batch is None:
                 return BatchResult(0, position)

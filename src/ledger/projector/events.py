@@ -11,6 +11,7 @@ with one extra query on the event store's primary key.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,8 +20,7 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from eventsourcing.persistence import Mapper, StoredEvent
-from eventsourcing.utils import get_topic
+from eventsourcing.utils import get_topic, resolve_topic
 
 from ledger.domain.adjustment import Adjustment
 from ledger.domain.earning import Earning
@@ -36,8 +36,8 @@ __all__ = [
     "PARTNER_TIER_CHANGED",
     "PROGRAM_CREATED",
     "PROGRAM_RULE_SET_PUBLISHED",
-    "DecodedEvents",
     "EventBatch",
+    "SharedReads",
     "json_text",
     "read_batch",
     "read_head",
@@ -70,14 +70,15 @@ SELECT originator_id, topic, state
  WHERE originator_id = ANY($1::uuid[]) AND originator_version = 1
 """
 
-# Decoding is pure and the transcoder keeps no per-call state, so one mapper
-# serves every projection task of the process.
-_MAPPER: Mapper[UUID] = Mapper(transcoder=MsgspecTranscoder())
+# Decoding is pure and the transcoder keeps no per-call state, so one
+# transcoder serves every projection task of the process.
+_TRANSCODER = MsgspecTranscoder()
+_EVENT_CLASSES: dict[str, type[Any]] = {}
 _JSON_ENCODER = msgspec.json.Encoder()
 
 
 def json_text(value: Any) -> str:
-    """Encode ``value`` as JSON text for a ``jsonb`` parameter.
+    """Encode ``value`` as JSON text for a ``json`` or ``jsonb`` parameter or column.
 
     Decimals become strings with their exact digits, dates and datetimes ISO
     8601 strings, UUIDs their canonical text, and tuples arrays.
@@ -127,39 +128,112 @@ async def read_head(conn: asyncpg.Connection | asyncpg.Pool) -> int:
 
 
 def _decode(originator_id: UUID, version: int, topic: str, state: bytes) -> Any:
-    return _MAPPER.to_domain_event(StoredEvent(originator_id, version, topic, state))
+    """Return the domain event stored as ``state``, upcast to its class's current version.
 
+    Gives the event that eventsourcing's ``Mapper.to_domain_event`` gives for
+    this store, which uses neither a cipher nor a compressor, but resolves the
+    class of each topic once and builds no ``StoredEvent``. Upcasting follows
+    eventsourcing's convention: a state without ``class_version`` is version
+    1, and each ``upcast_v<n>_v<n+1>`` of the class changes the state in place.
 
-class DecodedEvents:
-    """Decoded events by position, shared by the projection tasks of one run.
-
-    The projections of one run read the same events at about the same time,
-    so decoding each event once instead of once per projection saves most of
-    the decoding work. Positions identify events only within one database, so
-    an instance must never serve two databases. Handlers must not modify the
-    events it returns.
+    Raises:
+        ValueError: The state cannot be decoded; the message names the event.
     """
+    event_class = _EVENT_CLASSES.get(topic)
+    if event_class is None:
+        event_class = resolve_topic(topic)
+        _EVENT_CLASSES[topic] = event_class
+    try:
+        event_state: dict[str, Any] = _TRANSCODER.decode(state)
+    except (msgspec.MsgspecError, ValueError, TypeError) as error:
+        raise ValueError(
+            f"cannot decode the stored state of {topic} version {version} of stream "
+            f"{originator_id}: {error}; the event store row is damaged or was written by "
+            "another transcoder"
+        ) from error
+    event_state["originator_id"] = originator_id
+    event_state["originator_version"] = version
+    class_version: int = getattr(event_class, "class_version", 1)
+    from_version: int = event_state.pop("class_version", 1)
+    while from_version < class_version:
+        getattr(event_class, f"upcast_v{from_version}_v{from_version + 1}")(event_state)
+        from_version += 1
+    event = object.__new__(event_class)
+    object.__setattr__(event, "__dict__", event_state)
+    return event
 
-    def __init__(self, capacity: int = 10_000) -> None:
-        self.capacity = capacity
-        self._events: dict[int, Any] = {}
 
-    def decode(
-        self, position: int, originator_id: UUID, version: int, topic: str, state: bytes
-    ) -> Any:
-        """Return the event stored at ``position``, decoding it on first request."""
-        event = self._events.get(position)
+class _Read:
+    """Rows of one full read, with each row's event decoded on first request."""
+
+    __slots__ = ("events", "rows")
+
+    def __init__(self, rows: list[asyncpg.Record]) -> None:
+        self.rows = rows
+        self.events: list[Any] = [None] * len(rows)
+
+    def event(self, index: int) -> Any:
+        """Return the event of row ``index``, decoding it on first request."""
+        event = self.events[index]
         if event is None:
+            _, originator_id, version, topic, state = self.rows[index]
             event = _decode(originator_id, version, topic, state)
-            self._events[position] = event
+            self.events[index] = event
         return event
 
-    def trim(self) -> None:
-        """Drop the oldest events beyond ``capacity``."""
-        excess = len(self._events) - self.capacity
+
+class SharedReads:
+    """Event rows read by one projection's batch and reused by the others of a run.
+
+    Projections whose checkpoints are equal ask for the same rows: the first
+    to ask reads and the others, asking while it reads or after, get the same
+    rows and the events decoded so far. Only a read that returned ``limit``
+    rows is shared. Such a read can never change, because every event at or
+    below its last position was committed before it, whereas a shorter read
+    stops at a head that may have moved since. Each projection still reads its
+    own checkpoint in its own transaction and requests the rows after it, so
+    sharing changes only where the rows come from, never which rows a batch
+    applies.
+
+    Positions identify events only within one database, so an instance must
+    never serve two databases. Handlers must not modify the events it returns.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._reads: dict[tuple[int, int], asyncio.Future[_Read | None]] = {}
+
+    async def read(self, conn: asyncpg.Connection, after: int, limit: int) -> _Read:
+        """Return up to ``limit`` rows after position ``after``, read once for every caller."""
+        key = (after, limit)
+        pending = self._reads.get(key)
+        if pending is not None:
+            shared = await asyncio.shield(pending)
+            if shared is not None:
+                return shared
+            # The first reader failed or found fewer rows than limit, so read here.
+            return _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
+
+        pending = asyncio.get_running_loop().create_future()
+        self._reads[key] = pending
+        self._trim()
+        result: _Read | None = None
+        try:
+            result = _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
+        finally:
+            full = result is not None and len(result.rows) == limit
+            pending.set_result(result if full else None)
+            if not full and self._reads.get(key) is pending:
+                del self._reads[key]
+        assert result is not None
+        return result
+
+    def _trim(self) -> None:
+        """Drop the oldest reads beyond ``capacity``."""
+        excess = len(self._reads) - self.capacity
         if excess > 0:
-            for position in list(itertools.islice(self._events, excess)):
-                del self._events[position]
+            for key in list(itertools.islice(self._reads, excess)):
+                del self._reads[key]
 
 
 async def read_batch(
@@ -168,37 +242,38 @@ async def read_batch(
     after: int,
     limit: int,
     topics: Collection[str],
-    decoded: DecodedEvents | None = None,
+    shared: SharedReads | None = None,
 ) -> EventBatch | None:
     """Read up to ``limit`` events after position ``after``; return None if there are none.
 
-    Events whose topic is not in ``topics`` are not decoded. ``decoded`` lets
-    projections running side by side share the decoding work. The caller runs
-    this inside its batch transaction. Because the event store serializes
-    inserts with a table lock, every event at or below the last position read
-    is already committed, so a later batch never finds an earlier position.
+    Events whose topic is not in ``topics`` are not decoded. ``shared`` lets
+    projections running side by side share the reading and decoding work. The
+    caller runs this inside its batch transaction. Because the event store
+    serializes inserts with a table lock, every event at or below the last
+    position read is already committed, so a later batch never finds an
+    earlier position.
     """
-    rows = await conn.fetch(_SELECT_EVENTS, after, limit)
+    if shared is None:
+        read = _Read(await conn.fetch(_SELECT_EVENTS, after, limit))
+    else:
+        read = await shared.read(conn, after, limit)
+    rows = read.rows
     if not rows:
         return None
-    if decoded is None:
-        decoded = DecodedEvents(capacity=len(rows))
 
     # Decode the handled topics and remember the creation events seen.
     events: list[tuple[int, Any]] = []
     creations: dict[UUID, Any] = {}
     needed: set[UUID] = set()
-    for notification_id, originator_id, version, topic, state in rows:
+    for index, (notification_id, originator_id, version, topic, _) in enumerate(rows):
         if topic not in topics:
             continue
-        event = decoded.decode(notification_id, originator_id, version, topic, state)
+        event = read.event(index)
         events.append((notification_id, event))
         if version == 1:
             creations[originator_id] = event
         elif topic in _NEEDS_CREATION:
             needed.add(originator_id)
-
-    decoded.trim()
 
     # Fetch the creation events that earlier batches contained.
     missing = needed.difference(creations)

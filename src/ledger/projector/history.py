@@ -40,7 +40,7 @@ import asyncpg
 
 from ledger.domain.adjustment import Adjustment
 from ledger.domain.earning import Earning
-from ledger.domain.money import Money
+from ledger.domain.money import format_minor
 from ledger.domain.partner import Partner
 from ledger.projector.base import Projection, major_units_text
 from ledger.projector.events import (
@@ -163,4 +163,4 @@ def _money_json(amount_minor: int | None, currency: str) -> dict[str, str] | Non
     """Return money as ``{"amount": "5.00", "currency": "USD"}``, or None for no amount."""
     if amount_minor is None:
         return None
-    return {"amount": Money(amount_minor, currency).format(), "currency": currency}
+    return {"amount": format_minor(amount_minor, currency), "currency": currency}

@@ -29,6 +29,7 @@ from ledger.projector.batch import (
     ProjectionFailedError,
     close_connection,
     connect,
+    fewer_collections,
     project_batch,
     store_errors,
 )
@@ -74,6 +75,14 @@ async def rebuild_projection(
             projection is unchanged.
     """
     [projection] = get_projections([name])
+    with fewer_collections():
+        return await _rebuild(database, projection, progress)
+
+
+async def _rebuild(
+    database: DatabaseUrl, projection: Projection, progress: Callable[[int, int], None] | None
+) -> int:
+    name = projection.name
     conn = await connect(database, f"ledger-rebuild:{name}")
     try:
         with store_errors(f"preparing the rebuild of projection {name}"):

@@ -32,10 +32,11 @@ from ledger.projector.batch import (
     ProjectionFailedError,
     close_connection,
     connect,
+    fewer_collections,
     project_batch,
     store_errors,
 )
-from ledger.projector.events import DecodedEvents, read_head
+from ledger.projector.events import SharedReads, read_head
 from ledger.projector.handlers import get_projections
 from ledger.settings import Settings
 
@@ -211,14 +212,14 @@ async def _drain(
     projection: Projection,
     batch_size: int,
     stop: asyncio.Event,
-    decoded: DecodedEvents,
+    shared: SharedReads,
 ) -> tuple[int, int]:
     """Apply batches until the store head or ``stop``; return (events, checkpoint)."""
     total = 0
     position = 0
     while not stop.is_set():
         result = await project_batch(
-            conn, projection, projection.name, batch_size=batch_size, decoded=decoded
+            conn, projection, projection.name, batch_size=batch_size, shared=shared
         )
         total += result.events
         position = result.position
@@ -234,7 +235,7 @@ async def _follow(
     listener: _Listener,
     wakeup: asyncio.Event,
     stop: asyncio.Event,
-    decoded: DecodedEvents,
+    shared: SharedReads,
 ) -> None:
     """Keep one projection at the store head until ``stop`` is set."""
     log = _log.bind(projection=projection.name)
@@ -255,7 +256,7 @@ async def _follow(
             while not stop.is_set():
                 wakeup.clear()
                 events, position = await _drain(
-                    conn, projection, settings.projector_batch_size, stop, decoded
+                    conn, projection, settings.projector_batch_size, stop, shared
                 )
                 backoff.reset()
                 if first or events:
@@ -324,7 +325,7 @@ async def run_projector(
     stop = stop if stop is not None else asyncio.Event()
     wakeups = [asyncio.Event() for _ in projections]
     listener = _Listener(database, wakeups, stop)
-    decoded = _shared_decoding(settings.projector_batch_size)
+    shared = _shared_reads()
     _log.info(
         "projector.started",
         projections=[projection.name for projection in projections],
@@ -336,7 +337,7 @@ async def run_projector(
     tasks = [asyncio.create_task(listener.run(), name="ledger-projector:listener")]
     tasks += [
         asyncio.create_task(
-            _follow(database, projection, settings, listener, wakeup, stop, decoded),
+            _follow(database, projection, settings, listener, wakeup, stop, shared),
             name=f"ledger-projector:{projection.name}",
         )
         for projection, wakeup in zip(projections, wakeups, strict=True)
@@ -359,19 +360,19 @@ def _check_batch_size(batch_size: int, field: str) -> None:
         )
 
 
-def _shared_decoding(batch_size: int) -> DecodedEvents:
-    # Room for about two batches per projection, so tasks that drift a batch
-    # apart still share their decoding.
-    return DecodedEvents(capacity=2 * batch_size * len(PROJECTION_NAMES))
+def _shared_reads() -> SharedReads:
+    # Room for about two reads per projection, so tasks that drift a batch
+    # apart still share their reading and decoding.
+    return SharedReads(capacity=2 * len(PROJECTION_NAMES))
 
 
 class _Pacer:
     """Keeps catch-up tasks within one batch of each other.
 
-    Tasks that apply the same positions at about the same time find each
-    event already decoded by whichever task read it first. Without pacing,
-    the projection with the cheapest writes runs ahead of the shared cache
-    and every event ends up decoded once per projection.
+    Tasks that apply the same positions at about the same time find the
+    rows already read and decoded by whichever task asked first. Without
+    pacing, the projection with the cheapest writes runs ahead of the shared
+    reads and every event ends up read and decoded once per projection.
     """
 
     def __init__(self, names: Iterable[str]) -> None:
@@ -398,7 +399,7 @@ async def _catch_up_one(
     database: DatabaseUrl,
     projection: Projection,
     batch_size: int,
-    decoded: DecodedEvents,
+    shared: SharedReads,
     pacer: _Pacer,
 ) -> int:
     try:
@@ -414,7 +415,7 @@ async def _catch_up_one(
         total = 0
         while True:
             result = await project_batch(
-                conn, projection, projection.name, batch_size=batch_size, decoded=decoded
+                conn, projection, projection.name, batch_size=batch_size, shared=shared
             )
             total += result.events
             if result.events == 0 or result.position >= head:
@@ -452,15 +453,16 @@ async def catch_up(
     projections = get_projections(names)
     _check_batch_size(batch_size, "batch_size")
 
-    decoded = _shared_decoding(batch_size)
+    shared = _shared_reads()
     pacer = _Pacer(projection.name for projection in projections)
-    results = await asyncio.gather(
-        *(
-            _catch_up_one(database, projection, batch_size, decoded, pacer)
-            for projection in projections
-        ),
-        return_exceptions=True,
-    )
+    with fewer_collections():
+        results = await asyncio.gather(
+            *(
+                _catch_up_one(database, projection, batch_size, shared, pacer)
+                for projection in projections
+            ),
+            return_exceptions=True,
+        )
 
     counts: list[int] = []
     errors: list[BaseException] = []

@@ -315,9 +315,10 @@ class StatementsProjection(Projection):
             await conn.copy_records_to_table(
                 "statement_lines", schema_name=schema, columns=_LINE_COLUMNS, records=lines.rows
             )
-            balance_rows = [[*key, *totals] for key, totals in lines.balances.items()]
+            # In key order, so consecutive upserts visit neighbouring index pages.
+            balance_rows = [[*key, *lines.balances[key]] for key in sorted(lines.balances)]
             await conn.execute(sql["upsert_balances"], *_columns(balance_rows, 8))
-            period_rows = [[*key, amount] for key, amount in lines.periods.items()]
+            period_rows = [[*key, lines.periods[key]] for key in sorted(lines.periods)]
             await conn.execute(sql["upsert_periods"], *_columns(period_rows, 4))
 
 
