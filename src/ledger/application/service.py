@@ -28,6 +28,7 @@ from eventsourcing.persistence import (
     StoredEvent,
     Transcoder,
 )
+from eventsourcing.utils import get_topic
 
 from ledger.application.commands import (
     ChangeTier,
@@ -69,6 +70,7 @@ from ledger.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
+from ledger.infrastructure.recorder import LedgerRecorder
 from ledger.infrastructure.transcoder import MsgspecTranscoder
 
 __all__ = ["LedgerApplication"]
@@ -115,7 +117,11 @@ class LedgerApplication(Application[UUID]):
     # Partner streams are short, but a snapshot every 100 events keeps a
     # partner with many tier changes quick to load.
     snapshotting_intervals = {Partner: 100}  # noqa: RUF012
-    env = {"CREATE_TABLE": "no"}  # noqa: RUF012
+    # The recorder sends new events to PostgreSQL in binary (see its module).
+    env = {  # noqa: RUF012
+        "CREATE_TABLE": "no",
+        "APPLICATION_RECORDER_TOPIC": get_topic(LedgerRecorder),
+    }
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
