@@ -421,7 +421,7 @@ class LedgerApplication(Application[UUID]):
         existing = self._load_first_events(ids)
 
         items: list[BatchItem | None] = [None] * len(commands)
-        new: list[tuple[int, Earning]] = []
+        new: list[tuple[int, Earning.Earned]] = []
         seen: dict[UUID, int] = {}
         for index, (command, aggregate_id) in enumerate(zip(commands, ids, strict=True)):
             try:
@@ -440,8 +440,7 @@ class LedgerApplication(Application[UUID]):
                         ActivityOutcome(False, _earning_view(earned), position), None
                     )
                     continue
-                earning = self._price(program, partners, command, context)
-                new.append((index, earning))
+                new.append((index, self._price(program, partners, command, context)))
             except LedgerError as error:
                 items[index] = BatchItem(None, error)
 
@@ -451,7 +450,7 @@ class LedgerApplication(Application[UUID]):
             # subscribers, so their events go straight to the event store;
             # Application.save would spend a fifth of an import on checking
             # each object against its runtime protocols.
-            events = [event for _, earning in chunk for event in earning.collect_events()]
+            events = [event for _, event in chunk]
             for (index, _), recording in zip(chunk, self.events.put(events), strict=True):
                 created = recording.domain_event
                 assert isinstance(created, Earning.Earned)
@@ -481,7 +480,8 @@ class LedgerApplication(Application[UUID]):
         partners: Mapping[str, Partner],
         command: RecordActivity,
         context: CommandContext,
-    ) -> Earning:
+    ) -> Earning.Earned:
+        """Check and price ``command``; return the event that records its earning."""
         if not command.source_ref.strip():
             raise InvalidInputError(
                 "source_ref is empty; send the id of the activity in its source system",
@@ -514,7 +514,7 @@ class LedgerApplication(Application[UUID]):
             attributes=command.attributes,
             base=command.base_amount,
         )
-        return Earning.earn(
+        return Earning.earned(
             program_id=program.program_id,
             partner_id=command.partner_id,
             activity_type=command.activity_type,
