@@ -157,29 +157,31 @@ class Earning(Aggregate):
         For callers that only store new earnings: building the aggregate
         through eventsourcing's ``_create`` costs more than the event itself.
         """
-        return cls.Earned(
-            originator_topic=_EARNING_TOPIC,
-            originator_id=earning_id(program_id, source_ref),
-            originator_version=cls.INITIAL_VERSION,
-            timestamp=cls.Earned.create_timestamp(),
-            program_id=program_id,
-            partner_id=partner_id,
-            activity_type=activity_type,
-            source_ref=source_ref,
-            effective_date=effective_date,
-            attributes=dict(attributes),
-            base_minor=None if reward.base is None else reward.base.amount_minor,
-            rule_set_version=reward.rule_set_version,
-            rule_id=reward.rule_id,
-            rate=reward.rate,
-            fixed_minor=None if reward.fixed is None else reward.fixed.amount_minor,
-            unrounded_minor=reward.unrounded_minor,
-            rounding=reward.rounding.value,
-            amount_minor=reward.amount.amount_minor,
-            currency=reward.amount.currency,
-            actor=actor,
-            correlation_id=correlation_id,
-        )
+        # The fields that eventsourcing's _create sets on every created event come first.
+        fields: dict[str, Any] = {
+            "originator_topic": _EARNING_TOPIC,
+            "originator_id": earning_id(program_id, source_ref),
+            "originator_version": cls.INITIAL_VERSION,
+            "timestamp": cls.Earned.create_timestamp(),
+            "program_id": program_id,
+            "partner_id": partner_id,
+            "activity_type": activity_type,
+            "source_ref": source_ref,
+            "effective_date": effective_date,
+            "attributes": dict(attributes),
+            "base_minor": None if reward.base is None else reward.base.amount_minor,
+            "rule_set_version": reward.rule_set_version,
+            "rule_id": reward.rule_id,
+            "rate": reward.rate,
+            "fixed_minor": None if reward.fixed is None else reward.fixed.amount_minor,
+            "unrounded_minor": reward.unrounded_minor,
+            "rounding": reward.rounding.value,
+            "amount_minor": reward.amount.amount_minor,
+            "currency": reward.amount.currency,
+            "actor": actor,
+            "correlation_id": correlation_id,
+        }
+        return cls.Earned(**fields)
 
     @property
     def amount(self) -> Money:
