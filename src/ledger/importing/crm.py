@@ -95,7 +95,7 @@ PRODUCTS_COLUMNS = ("product", "series")
 CRM_CURRENCY = "USD"
 
 # Activities decoded and checked per call to record_activities, which saves
-# them in transactions of at most 200 earnings.
+# them in transactions of at most 500 earnings.
 DEFAULT_BATCH_SIZE = 1000
 
 # Fewest pipeline rows worth a worker process of their own.
