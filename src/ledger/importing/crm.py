@@ -11,7 +11,7 @@ opportunity per row). The import:
    ``deal_won`` on its ``close_date`` with ``close_value`` USD as the base;
 3. records them in batches with :meth:`LedgerApplication.record_activities`.
 
-Every row is decoded and priced against the program before anything is
+Every row is decoded and checked against the program's rules before anything is
 written. A row whose data are invalid (a bad or future date, an unknown
 product or agent, a Won deal without close value, ...) is rejected whole:
 nothing of it is written, and the rest of the import goes on. A well-formed
@@ -46,7 +46,7 @@ from ledger.application.service import LedgerApplication
 from ledger.domain.money import Money
 from ledger.domain.partner import check_partner_id
 from ledger.domain.program import Program
-from ledger.domain.rules import compute_reward
+from ledger.domain.rules import find_pricing_rule
 from ledger.errors import (
     ConflictError,
     InvalidInputError,
@@ -723,8 +723,8 @@ def _decode_pipeline_row(
             )
         )
 
-    # Price each one as the application will: an activity the program does
-    # not reward is set aside, and any other pricing error rejects the row.
+    # Check each one as the application will price it: an activity the program
+    # does not reward is set aside, and any other pricing error rejects the row.
     for command in commands:
         problem = _pricing_problem(command, agent, program)
         if problem is None:
@@ -826,11 +826,12 @@ def _pricing_problem(
         )
         return RowOutcome.NOT_REWARDABLE, date_column, message
 
+    # The application prices the activity, so here it is only checked, by the
+    # same function that the pricing starts with.
     try:
-        compute_reward(
+        find_pricing_rule(
             rule_set,
             currency=program.currency,
-            rounding=program.rounding,
             activity_type=command.activity_type,
             attributes=command.attributes,
             base=command.base_amount,
