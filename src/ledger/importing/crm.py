@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import enum
+import gc
 import multiprocessing
 import multiprocessing.connection
 import re
@@ -923,18 +924,24 @@ def _import_pipeline_in_workers(
     context = multiprocessing.get_context("fork")
     readers: dict[multiprocessing.connection.Connection, int] = {}
     processes = []
-    for index, share in enumerate(shares):
-        reader, writer = context.Pipe(duplex=False)
-        process = context.Process(
-            target=_run_worker,
-            args=(type(app), dict(app.env), job, share, writer),
-            name=f"crm-import-{index + 1}",
-            daemon=True,
-        )
-        process.start()
-        writer.close()
-        readers[reader] = index
-        processes.append(process)
+    # Frozen objects are left out of the workers' garbage collections, which
+    # would otherwise walk, and so copy, every row inherited from this process.
+    gc.freeze()
+    try:
+        for index, share in enumerate(shares):
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_run_worker,
+                args=(type(app), dict(app.env), job, share, writer),
+                name=f"crm-import-{index + 1}",
+                daemon=True,
+            )
+            process.start()
+            writer.close()
+            readers[reader] = index
+            processes.append(process)
+    finally:
+        gc.unfreeze()
 
     # Collect progress and the partial reports until every worker has ended.
     rows_done = [0] * workers
