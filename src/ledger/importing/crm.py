@@ -364,7 +364,13 @@ def import_crm_opportunities(
             if progress is not None:
                 progress(rows_before + rows_done, report.rows)
 
-        _import_pipeline(app, job, pipeline.rows, report, advance)
+        # The rows read stay alive for the whole import, so leave them out of
+        # the garbage collector's full collections, which would walk them all.
+        gc.freeze()
+        try:
+            _import_pipeline(app, job, pipeline.rows, report, advance)
+        finally:
+            gc.unfreeze()
     else:
         _import_pipeline_in_workers(app, job, pipeline, shares, report, progress)
     if progress is not None:
