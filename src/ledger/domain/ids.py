@@ -33,8 +33,8 @@ def partner_id_uuid(partner_id: str) -> UUID:
     return uuid5(LEDGER_NAMESPACE, f"partner:{partner_id}")
 
 
-# Recording a batch derives each new earning's id twice, once to look it up
-# and once to create it; the cache makes the second a lookup.
+# Recording a batch derives each new earning's id twice, to look it up and
+# to create it. The cache turns the second derivation into a lookup.
 @lru_cache(maxsize=8192)
 def earning_id(program_id: str, source_ref: str) -> UUID:
     """Return the stream id of the earning for ``source_ref`` within a program."""

@@ -9,7 +9,9 @@ opportunity per row). The import:
 2. turns each opportunity into activities: ``pipeline_engaged`` on its
    ``engage_date`` (stages Engaging, Won and Lost) and, for a Won deal,
    ``deal_won`` on its ``close_date`` with ``close_value`` USD as the base;
-3. records them in batches with :meth:`LedgerApplication.record_activities`.
+3. records them in batches with :meth:`LedgerApplication.record_activities`,
+   in this process or in forked worker processes that each take a share of
+   the opportunities.
 
 Every row is decoded and checked against the program's rules before anything is
 written. A row whose data are invalid (a bad or future date, an unknown
@@ -99,7 +101,7 @@ CRM_CURRENCY = "USD"
 # them in transactions of at most 500 earnings.
 DEFAULT_BATCH_SIZE = 1000
 
-# Fewest pipeline rows worth a worker process of their own.
+# Minimum pipeline rows per worker process. A smaller import runs in one process.
 _MIN_ROWS_PER_WORKER = 1000
 
 _ENGAGED_STAGES = {"Engaging", "Won", "Lost"}
@@ -307,7 +309,7 @@ def import_crm_opportunities(
         workers: Processes that decode and record the pipeline rows, each
             with its own database connection. With more than one, each
             process takes the rows of a share of the opportunity ids, so rows
-            of one opportunity stay in file order; shares are at least 1,000
+            of one opportunity stay in file order. A share has at least 1,000
             rows. Worker processes are forked, so they need a platform with
             ``fork``.
 
@@ -861,7 +863,7 @@ def _count_not_rewardable(report: ImportReport, command: RecordActivity, entry: 
 
 @dataclass(frozen=True, slots=True)
 class _PipelineJob:
-    """What every share of the pipeline rows is decoded against and recorded with."""
+    """Inputs of every share of the pipeline rows: program, agents, products and batch size."""
 
     program_id: str
     program: Program
