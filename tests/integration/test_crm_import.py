@@ -8,6 +8,7 @@ are written out below, not read from ``crm-channel.toml``.
 from __future__ import annotations
 
 import csv
+import os
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -24,10 +26,11 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import sql
 
 from ledger.application.commands import CommandContext, EnrollPartner, ProgramSpec
+from ledger.application.service import LedgerApplication
 from ledger.bootstrap import Services, bootstrap
 from ledger.domain.earning import Earning
 from ledger.domain.ids import earning_id
-from ledger.errors import InvalidInputError, NotFoundError
+from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableError
 from ledger.importing import crm, import_crm_opportunities, load_program_file, write_error_file
 from ledger.importing.crm import ImportReport, RowOutcome, partner_id_for_agent
 from ledger.infrastructure.database import DatabaseUrl
@@ -699,6 +702,41 @@ def test_workers_keep_row_order_per_opportunity(
     ]
     assert len(stored_earnings(services.database)) == 6
     assert seen[-1] == 8
+
+
+def test_failed_worker_leaves_whole_earnings_and_rerun_completes(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(services)
+    folder = write_crm(tmp_path / "crm", SMALL_PIPELINE)
+    monkeypatch.setattr(crm, "_MIN_ROWS_PER_WORKER", 1)
+    # Each forked worker records its first batch, then loses the database.
+    parent = os.getpid()
+    record = LedgerApplication.record_activities
+    calls = [0]
+
+    def failing(app: LedgerApplication, *args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise StoreUnavailableError("the event store is unavailable: test outage")
+        return record(app, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LedgerApplication, "record_activities", failing)
+        with pytest.raises(StoreUnavailableError) as caught:
+            import_crm_opportunities(services.app, folder, workers=2, batch_size=1)
+    written = stored_earnings(services.database)
+    again = import_crm_opportunities(services.app, folder, workers=2, batch_size=1)
+
+    assert "test outage" in caught.value.message
+    assert 0 < len(written) < 6
+    assert again.recorded == 6 - len(written)
+    assert again.already_recorded == len(written)
+    assert again.errors == []
+    stored = stored_earnings(services.database)
+    assert len(stored) == 6
+    assert len({event.originator_id for event in stored}) == 6
 
 
 def test_workers_must_be_positive(services: Services, tmp_path: Path) -> None:
