@@ -670,6 +670,13 @@ def import_group() -> None:
     show_default=True,
     help="Activities recorded per transaction.",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Processes that decode and record the rows, each with its own database connection.",
+)
 @click.pass_context
 def crm_opportunities(
     ctx: click.Context,
@@ -677,6 +684,7 @@ def crm_opportunities(
     program_id: str,
     errors_file: Path | None,
     batch_size: int,
+    workers: int,
 ) -> None:
     """Import the CRM sales-opportunities CSV files in DIRECTORY.
 
@@ -691,7 +699,9 @@ def crm_opportunities(
         if errors_file is not None:
             _check_errors_file(errors_file)
         with _services(settings) as services:
-            _import_and_report(services, directory, program_id, batch_size, errors_file, fields)
+            _import_and_report(
+                services, directory, program_id, batch_size, workers, errors_file, fields
+            )
 
 
 def _import_and_report(
@@ -699,12 +709,13 @@ def _import_and_report(
     directory: Path,
     program_id: str,
     batch_size: int,
+    workers: int,
     errors_file: Path | None,
     fields: dict[str, Any],
 ) -> None:
     """Run the CRM import, print its report and write or print the row errors."""
     started = time.perf_counter()
-    report = _import_with_progress(services, directory, program_id, batch_size)
+    report = _import_with_progress(services, directory, program_id, batch_size, workers)
     seconds = time.perf_counter() - started
     fields.update(
         correlation_id=report.correlation_id,
@@ -764,12 +775,17 @@ def _check_errors_file(path: Path) -> None:
 
 
 def _import_with_progress(
-    services: Services, directory: Path, program_id: str, batch_size: int
+    services: Services, directory: Path, program_id: str, batch_size: int, workers: int = 1
 ) -> ImportReport:
     context = _context(actor="import:crm")
     if not console.is_terminal:
         return import_crm_opportunities(
-            services.app, directory, program_id=program_id, batch_size=batch_size, context=context
+            services.app,
+            directory,
+            program_id=program_id,
+            batch_size=batch_size,
+            context=context,
+            workers=workers,
         )
     with _progress() as progress:
         task = progress.add_task("importing CRM rows", total=None)
@@ -784,6 +800,7 @@ def _import_with_progress(
             batch_size=batch_size,
             context=context,
             progress=advance,
+            workers=workers,
         )
 
 

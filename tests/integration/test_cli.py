@@ -241,7 +241,7 @@ def test_import_again_records_nothing(env: dict[str, str], crm_dir: Path) -> Non
     publish(env)
     run(["import", "crm-opportunities", str(crm_dir)], env)
 
-    again = run(["import", "crm-opportunities", str(crm_dir)], env)
+    again = run(["import", "crm-opportunities", "--workers", "2", str(crm_dir)], env)
 
     assert again.exit_code == 0
     logged = command_line(again.stderr)

@@ -8,6 +8,7 @@ are written out below, not read from ``crm-channel.toml``.
 from __future__ import annotations
 
 import csv
+import os
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -24,11 +26,12 @@ from eventsourcing.persistence import Mapper, StoredEvent
 from psycopg import sql
 
 from ledger.application.commands import CommandContext, EnrollPartner, ProgramSpec
+from ledger.application.service import LedgerApplication
 from ledger.bootstrap import Services, bootstrap
 from ledger.domain.earning import Earning
 from ledger.domain.ids import earning_id
-from ledger.errors import InvalidInputError, NotFoundError
-from ledger.importing import import_crm_opportunities, load_program_file, write_error_file
+from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableError
+from ledger.importing import crm, import_crm_opportunities, load_program_file, write_error_file
 from ledger.importing.crm import ImportReport, RowOutcome, partner_id_for_agent
 from ledger.infrastructure.database import DatabaseUrl
 from ledger.infrastructure.transcoder import MsgspecTranscoder
@@ -664,6 +667,90 @@ def test_batches_smaller_than_rows_record_all(services: Services, tmp_path: Path
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
 
 
+def test_workers_keep_row_order_per_opportunity(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Let even these few rows be shared among three worker processes.
+    monkeypatch.setattr(crm, "_MIN_ROWS_PER_WORKER", 1)
+    publish(services)
+    folder = write_crm(
+        tmp_path / "crm",
+        [
+            *SMALL_PIPELINE,
+            "OPP00001,Ada Quill,GTXPro,Acme,Won,2016-10-20,2016-11-02,1100",
+            "OPP00006,Ben Ortiz,Nope,,Engaging,2016-10-25,,",
+            "OPP00005,Cleo Park,mg advanced,Cancity,Won,2016-12-05,2017-01-09,3393",
+        ],
+    )
+    seen: list[int] = []
+
+    report = import_crm_opportunities(
+        services.app, folder, workers=3, progress=lambda done, _: seen.append(done)
+    )
+
+    assert report.rows == 8
+    assert report.recorded == 6
+    assert report.already_recorded == 3
+    assert report.conflicts == 1
+    assert report.rejected_rows == 1
+    assert report.not_rewardable == 1
+    assert report.recorded_amount_minor == 4743 + 20358 + 4 * 500
+    found = [(e.row, e.source_ref, e.field, e.outcome) for e in report.errors]
+    assert found == [
+        (7, "OPP00001:won", "close_value", RowOutcome.CONFLICT),
+        (8, "OPP00006", "product", RowOutcome.REJECTED),
+    ]
+    assert len(stored_earnings(services.database)) == 6
+    assert seen[-1] == 8
+
+
+def test_failed_worker_leaves_whole_earnings_and_rerun_completes(
+    services: Services, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(services)
+    folder = write_crm(tmp_path / "crm", SMALL_PIPELINE)
+    monkeypatch.setattr(crm, "_MIN_ROWS_PER_WORKER", 1)
+    # Each forked worker records its first batch, then loses the database.
+    parent = os.getpid()
+    record = LedgerApplication.record_activities
+    calls = [0]
+
+    def failing(app: LedgerApplication, *args: Any, **kwargs: Any) -> Any:
+        if os.getpid() != parent:
+            calls[0] += 1
+            if calls[0] == 2:
+                raise StoreUnavailableError("the event store is unavailable: test outage")
+        return record(app, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(LedgerApplication, "record_activities", failing)
+        with pytest.raises(StoreUnavailableError) as caught:
+            import_crm_opportunities(services.app, folder, workers=2, batch_size=1)
+    written = stored_earnings(services.database)
+    again = import_crm_opportunities(services.app, folder, workers=2, batch_size=1)
+
+    assert "test outage" in caught.value.message
+    assert 0 < len(written) < 6
+    assert again.recorded == 6 - len(written)
+    assert again.already_recorded == len(written)
+    assert again.errors == []
+    stored = stored_earnings(services.database)
+    assert len(stored) == 6
+    assert len({event.originator_id for event in stored}) == 6
+
+
+def test_workers_must_be_positive(services: Services, tmp_path: Path) -> None:
+    publish(services)
+    folder = write_crm(tmp_path / "crm", SMALL_PIPELINE)
+    head = head_position(services.database)
+
+    with pytest.raises(InvalidInputError) as caught:
+        import_crm_opportunities(services.app, folder, workers=0)
+
+    assert caught.value.field == "workers"
+    assert head_position(services.database) == head
+
+
 def test_missing_column_names_file_and_column(services: Services, tmp_path: Path) -> None:
     publish(services)
     folder = write_crm(tmp_path / "crm", SMALL_PIPELINE)
@@ -712,9 +799,12 @@ class RealImport:
     head_after_second: int
 
 
-@pytest.fixture(scope="module")
-def real_import(database_server: DatabaseUrl, template_database: str) -> Iterator[RealImport]:
-    """The real data set imported twice into one database shared by this module's tests."""
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def real_import(
+    request: pytest.FixtureRequest, database_server: DatabaseUrl, template_database: str
+) -> Iterator[RealImport]:
+    """The real data set imported twice, in one process or two workers, into a shared database."""
+    workers: int = request.param
     name = f"ledger_crm_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(database_server.url, autocommit=True) as conn:
         conn.execute(
@@ -727,9 +817,9 @@ def real_import(database_server: DatabaseUrl, template_database: str) -> Iterato
     )
     try:
         publish(services)
-        first = import_crm_opportunities(services.app, CRM_DATA_DIR)
+        first = import_crm_opportunities(services.app, CRM_DATA_DIR, workers=workers)
         head_after_first = head_position(services.database)
-        second = import_crm_opportunities(services.app, CRM_DATA_DIR)
+        second = import_crm_opportunities(services.app, CRM_DATA_DIR, workers=workers)
         yield RealImport(
             services, first, second, head_after_first, head_position(services.database)
         )

@@ -39,6 +39,7 @@ from ledger.domain.partner import Partner
 from ledger.domain.program import Program
 from ledger.domain.rules import Rule, RuleSet
 from ledger.infrastructure.database import DatabaseUrl
+from ledger.infrastructure.recorder import LedgerRecorder
 from ledger.infrastructure.transcoder import MsgspecTranscoder
 
 # The contract suites write to their own table in the per-test database, so
@@ -130,13 +131,79 @@ class TestNotificationIdsDoNotInterleave(
         return recorder
 
 
+class TestLedgerRecorderContract(TestApplicationRecorderContract):
+    """The same contract for the recorder the ledger uses, which sends events in binary."""
+
+    def create_recorder(self) -> PostgresApplicationRecorder:
+        recorder = LedgerRecorder(self.datastore, events_table_name=CONTRACT_TABLE)
+        recorder.create_table()
+        assert not self.datastore.enable_db_functions
+        return recorder
+
+
 def test_ledger_uses_locked_insert_path(services: Services) -> None:
     recorder = services.app.recorder
 
-    assert isinstance(recorder, PostgresApplicationRecorder)
+    assert isinstance(recorder, LedgerRecorder)
     assert recorder.events_table_name == "ledger_events"
     assert recorder.datastore.enable_db_functions is False
     assert recorder.channel_name == "ledger_events"
+    # Only the parameter's format differs: the insert path is the base class's.
+    for method in ("insert_events", "_insert_stored_events", "_lock_table", "_notify_channel"):
+        assert method not in vars(LedgerRecorder)
+
+
+def test_binary_insert_stores_the_same_bytes_as_text(database: DatabaseUrl) -> None:
+    datastore = PostgresDatastore(
+        dbname=database.dbname,
+        host=database.host,
+        port=database.port,
+        user=database.user,
+        password=database.password,
+        pool_size=1,
+        enable_db_functions=False,
+    )
+    # States and topics with every byte, quotes, backslashes, commas and
+    # non-ASCII text, which the text format escapes and the binary one does not.
+    events = [
+        StoredEvent(
+            originator_id=partner_id_uuid(f"p-{number}"),
+            originator_version=version,
+            topic=topic,
+            state=state,
+        )
+        for number, (version, topic, state) in enumerate(
+            [
+                (1, "ledger.domain:E", bytes(range(256))),
+                (2, 'a "quoted", topic \\ with ümlaut', b'\\x00"(,)'),
+                (2**40, "t", b""),
+                (7, "{x}", b"\x00\xff" * 5000),
+            ]
+        )
+    ]
+    try:
+        text = PostgresApplicationRecorder(datastore, events_table_name="text_events")
+        text.create_table()
+        binary = LedgerRecorder(datastore, events_table_name="binary_events")
+        binary.create_table()
+        text.insert_events(events)
+        ids = binary.insert_events(events)
+        with psycopg.connect(database.url) as conn:
+            rows = {
+                table: conn.execute(
+                    f"SELECT originator_id, originator_version, topic, state FROM {table} "
+                    "ORDER BY notification_id"
+                ).fetchall()
+                for table in ("text_events", "binary_events")
+            }
+    finally:
+        datastore.close()
+
+    assert ids == [1, 2, 3, 4]
+    assert rows["binary_events"] == rows["text_events"]
+    assert [
+        StoredEvent(row[0], row[1], row[2], bytes(row[3])) for row in rows["binary_events"]
+    ] == events
 
 
 # Append-only ledger_events ----------------------------------------------------

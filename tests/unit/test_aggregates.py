@@ -114,6 +114,47 @@ def test_earning_freezes_pricing() -> None:
     }
 
 
+def test_earned_event_matches_earn() -> None:
+    reward = compute_reward(
+        RuleSet(
+            version=1,
+            effective_from=date(2024, 1, 1),
+            rules=(Rule(id="r1", activity_type="deal_won", rate=Decimal("0.05")),),
+        ),
+        currency="USD",
+        rounding=RoundingMode.HALF_EVEN,
+        activity_type="deal_won",
+        attributes={},
+        base=Money.parse("1234.56", "USD"),
+    )
+    arguments: dict[str, Any] = {
+        "program_id": "crm",
+        "partner_id": "p-1",
+        "activity_type": "deal_won",
+        "source_ref": "OPP-1",
+        "effective_date": EARNED_ON,
+        "attributes": {"series": "GTX"},
+        "reward": reward,
+        "actor": "tester",
+        "correlation_id": "corr-1",
+    }
+
+    made = Earning.earn(**arguments).pending_events[0]
+    built = Earning.earned(**arguments)
+
+    assert type(built) is type(made)
+    assert {**vars(built), "timestamp": None} == {**vars(made), "timestamp": None}
+    assert built.timestamp.tzinfo == made.timestamp.tzinfo
+    mapper: Mapper[Any] = Mapper(transcoder=MsgspecTranscoder())
+    assert mapper.to_stored_event(built).topic == mapper.to_stored_event(made).topic
+    rebuilt = replay([built])
+    assert isinstance(rebuilt, Earning)
+    assert rebuilt.id == earning_id("crm", "OPP-1")
+    assert rebuilt.version == 1
+    assert rebuilt.amount == Money(6173, "USD")
+    assert rebuilt.request_fields() == made.mutate(None).request_fields()
+
+
 def test_full_reversal_reverses_remaining() -> None:
     earning = make_earning()
 

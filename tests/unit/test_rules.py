@@ -9,7 +9,13 @@ import msgspec
 import pytest
 
 from ledger.domain.money import Money, RoundingMode
-from ledger.domain.rules import Rule, RuleSet, compute_reward, rule_set_in_force
+from ledger.domain.rules import (
+    Rule,
+    RuleSet,
+    compute_reward,
+    find_pricing_rule,
+    rule_set_in_force,
+)
 from ledger.errors import InvalidInputError, RuleNotFoundError
 
 
@@ -389,3 +395,32 @@ def test_missing_match_attribute_is_named() -> None:
     assert raised.value.field == "attributes.series"
     assert raised.value.value is None
     assert "no series" in raised.value.message
+
+
+@pytest.mark.parametrize(
+    ("activity_type", "attributes", "base"),
+    [
+        ("deal_won", {"series": "GTX"}, Money.parse("100.00", "USD")),
+        ("deal_won", {}, Money.parse("0.00", "USD")),
+        ("certification", {}, None),
+        ("deal_won", {"series": "GTX"}, None),
+        ("deal_won", {}, Money.parse("100.00", "EUR")),
+        ("deal_won", {}, Money(-1, "USD")),
+        ("referral", {}, None),
+    ],
+)
+def test_find_pricing_rule_fails_when_pricing_fails(
+    activity_type: str, attributes: dict[str, str], base: Money | None
+) -> None:
+    rules = rule_set(1, date(2024, 1, 1), GENERIC, SERIES, CERTIFIED)
+    arguments = {"activity_type": activity_type, "attributes": attributes, "base": base}
+
+    try:
+        reward = compute_reward(rules, currency="USD", rounding=RoundingMode.HALF_UP, **arguments)
+    except InvalidInputError as priced_error:
+        with pytest.raises(type(priced_error)) as caught:
+            find_pricing_rule(rules, currency="USD", **arguments)
+        assert caught.value.message == priced_error.message
+        assert caught.value.field == priced_error.field
+    else:
+        assert find_pricing_rule(rules, currency="USD", **arguments).id == reward.rule_id

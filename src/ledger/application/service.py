@@ -28,6 +28,7 @@ from eventsourcing.persistence import (
     StoredEvent,
     Transcoder,
 )
+from eventsourcing.utils import get_topic
 
 from ledger.application.commands import (
     ChangeTier,
@@ -69,6 +70,7 @@ from ledger.errors import (
     NotFoundError,
     StoreUnavailableError,
 )
+from ledger.infrastructure.recorder import LedgerRecorder
 from ledger.infrastructure.transcoder import MsgspecTranscoder
 
 __all__ = ["LedgerApplication"]
@@ -85,8 +87,9 @@ _MAX_APPEND_ATTEMPTS = 5
 # Earnings saved per transaction by record_activities.
 # NOTE: psycopg 3.3.9's pipeline mode, which eventsourcing's recorder uses,
 # hung when one insert message reached about 1 MB over a Unix socket (the
-# embedded server's only transport). 200 CRM earnings encode to roughly 150 kB.
-_SAVE_CHUNK = 200
+# embedded server's only transport). The recorder sends events in binary, and
+# a CRM earning takes about 580 bytes there, so 500 earnings are about 290 kB.
+_SAVE_CHUNK = 500
 
 # Partners whose enrollment facts stay cached for pricing, least recently used
 # evicted first; an evicted partner costs one stream load when seen again.
@@ -115,7 +118,11 @@ class LedgerApplication(Application[UUID]):
     # Partner streams are short, but a snapshot every 100 events keeps a
     # partner with many tier changes quick to load.
     snapshotting_intervals = {Partner: 100}  # noqa: RUF012
-    env = {"CREATE_TABLE": "no"}  # noqa: RUF012
+    # The recorder sends new events to PostgreSQL in binary (see its module).
+    env = {  # noqa: RUF012
+        "CREATE_TABLE": "no",
+        "APPLICATION_RECORDER_TOPIC": get_topic(LedgerRecorder),
+    }
 
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         super().__init__(env)
@@ -382,7 +389,7 @@ class LedgerApplication(Application[UUID]):
         commands: Sequence[RecordActivity],
         context: CommandContext,
     ) -> list[BatchItem]:
-        """Record many activities, saving new ones in transactions of up to 200.
+        """Record many activities, saving new ones in transactions of up to 500.
 
         Each command gets its own outcome or error, in order. A command whose
         source reference already exists is compared, not written; invalid
@@ -415,7 +422,7 @@ class LedgerApplication(Application[UUID]):
         existing = self._load_first_events(ids)
 
         items: list[BatchItem | None] = [None] * len(commands)
-        new: list[tuple[int, Earning]] = []
+        new: list[tuple[int, Earning.Earned]] = []
         seen: dict[UUID, int] = {}
         for index, (command, aggregate_id) in enumerate(zip(commands, ids, strict=True)):
             try:
@@ -434,8 +441,7 @@ class LedgerApplication(Application[UUID]):
                         ActivityOutcome(False, _earning_view(earned), position), None
                     )
                     continue
-                earning = self._price(program, partners, command, context)
-                new.append((index, earning))
+                new.append((index, self._price(program, partners, command, context)))
             except LedgerError as error:
                 items[index] = BatchItem(None, error)
 
@@ -445,7 +451,7 @@ class LedgerApplication(Application[UUID]):
             # subscribers, so their events go straight to the event store;
             # Application.save would spend a fifth of an import on checking
             # each object against its runtime protocols.
-            events = [event for _, earning in chunk for event in earning.collect_events()]
+            events = [event for _, event in chunk]
             for (index, _), recording in zip(chunk, self.events.put(events), strict=True):
                 created = recording.domain_event
                 assert isinstance(created, Earning.Earned)
@@ -475,7 +481,8 @@ class LedgerApplication(Application[UUID]):
         partners: Mapping[str, Partner],
         command: RecordActivity,
         context: CommandContext,
-    ) -> Earning:
+    ) -> Earning.Earned:
+        """Check and price ``command``; return the event that records its earning."""
         if not command.source_ref.strip():
             raise InvalidInputError(
                 "source_ref is empty; send the id of the activity in its source system",
@@ -508,7 +515,7 @@ class LedgerApplication(Application[UUID]):
             attributes=command.attributes,
             base=command.base_amount,
         )
-        return Earning.earn(
+        return Earning.earned(
             program_id=program.program_id,
             partner_id=command.partner_id,
             activity_type=command.activity_type,

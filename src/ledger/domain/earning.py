@@ -15,6 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from eventsourcing.domain import Aggregate
+from eventsourcing.utils import get_topic
 
 from ledger.domain.ids import earning_id
 from ledger.domain.money import Money, RoundingMode, apply_rate
@@ -136,6 +137,51 @@ class Earning(Aggregate):
             actor=actor,
             correlation_id=correlation_id,
         )
+
+    @classmethod
+    def earned(
+        cls,
+        *,
+        program_id: str,
+        partner_id: str,
+        activity_type: str,
+        source_ref: str,
+        effective_date: date,
+        attributes: Mapping[str, str],
+        reward: Reward,
+        actor: str,
+        correlation_id: str,
+    ) -> Earning.Earned:
+        """Return the event that :meth:`earn` would record, without building the aggregate.
+
+        For callers that only store new earnings: building the aggregate
+        through eventsourcing's ``_create`` costs more than the event itself.
+        """
+        # The fields that eventsourcing's _create sets on every created event come first.
+        fields: dict[str, Any] = {
+            "originator_topic": _EARNING_TOPIC,
+            "originator_id": earning_id(program_id, source_ref),
+            "originator_version": cls.INITIAL_VERSION,
+            "timestamp": cls.Earned.create_timestamp(),
+            "program_id": program_id,
+            "partner_id": partner_id,
+            "activity_type": activity_type,
+            "source_ref": source_ref,
+            "effective_date": effective_date,
+            "attributes": dict(attributes),
+            "base_minor": None if reward.base is None else reward.base.amount_minor,
+            "rule_set_version": reward.rule_set_version,
+            "rule_id": reward.rule_id,
+            "rate": reward.rate,
+            "fixed_minor": None if reward.fixed is None else reward.fixed.amount_minor,
+            "unrounded_minor": reward.unrounded_minor,
+            "rounding": reward.rounding.value,
+            "amount_minor": reward.amount.amount_minor,
+            "currency": reward.amount.currency,
+            "actor": actor,
+            "correlation_id": correlation_id,
+        }
+        return cls.Earned(**fields)
 
     @property
     def amount(self) -> Money:
@@ -267,3 +313,6 @@ class Earning(Aggregate):
                 field=f"{field}.currency",
                 value=money.currency,
             )
+
+
+_EARNING_TOPIC = get_topic(Earning)

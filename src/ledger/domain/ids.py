@@ -8,6 +8,7 @@ atomically, which is what makes retries safe without a lookup table.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from uuid import UUID, uuid5
 
 __all__ = [
@@ -32,6 +33,9 @@ def partner_id_uuid(partner_id: str) -> UUID:
     return uuid5(LEDGER_NAMESPACE, f"partner:{partner_id}")
 
 
+# Recording a batch derives each new earning's id twice, to look it up and
+# to create it. The cache turns the second derivation into a lookup.
+@lru_cache(maxsize=8192)
 def earning_id(program_id: str, source_ref: str) -> UUID:
     """Return the stream id of the earning for ``source_ref`` within a program."""
     return uuid5(LEDGER_NAMESPACE, f"earning:{program_id}:{source_ref}")

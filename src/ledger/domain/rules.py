@@ -21,7 +21,14 @@ import msgspec
 from ledger.domain.money import Money, RoundingMode, apply_rate, currency_exponent
 from ledger.errors import InvalidInputError, RuleNotFoundError
 
-__all__ = ["Reward", "Rule", "RuleSet", "compute_reward", "rule_set_in_force"]
+__all__ = [
+    "Reward",
+    "Rule",
+    "RuleSet",
+    "compute_reward",
+    "find_pricing_rule",
+    "rule_set_in_force",
+]
 
 _MAX_RATE = Decimal(1)
 
@@ -156,9 +163,7 @@ class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         """
         best: Rule | None = None
         for rule in self.rules:
-            if rule.activity_type != activity_type:
-                continue
-            if any(attributes.get(key) != value for key, value in rule.match.items()):
+            if rule.activity_type != activity_type or not _matches(rule.match, attributes):
                 continue
             if best is None or len(rule.match) > len(best.match):
                 best = rule
@@ -247,16 +252,28 @@ class Reward:
     rounding: RoundingMode
 
 
-def compute_reward(
+def _matches(match: Mapping[str, str], attributes: Mapping[str, str]) -> bool:
+    """Return whether ``attributes`` carry every value that ``match`` requires."""
+    # A plain loop: this runs for every rule and activity, and a generator
+    # expression costs more than the comparisons.
+    for key, value in match.items():
+        if attributes.get(key) != value:
+            return False
+    return True
+
+
+def find_pricing_rule(
     rule_set: RuleSet,
     *,
     currency: str,
-    rounding: RoundingMode,
     activity_type: str,
     attributes: Mapping[str, str],
     base: Money | None,
-) -> Reward:
-    """Price one activity with ``rule_set``.
+) -> Rule:
+    """Return the rule that prices the activity, after every check :func:`compute_reward` makes.
+
+    For callers that need to know whether an activity can be priced, but not
+    its reward: :func:`compute_reward` succeeds exactly when this does.
 
     Raises:
         RuleNotFoundError: No rule matches the activity.
@@ -286,6 +303,30 @@ def compute_reward(
                 field="base_amount.amount",
                 value=base.format(),
             )
+    return rule
+
+
+def compute_reward(
+    rule_set: RuleSet,
+    *,
+    currency: str,
+    rounding: RoundingMode,
+    activity_type: str,
+    attributes: Mapping[str, str],
+    base: Money | None,
+) -> Reward:
+    """Price one activity with ``rule_set``.
+
+    Raises:
+        RuleNotFoundError: No rule matches the activity.
+        InvalidInputError: A rate rule matched but the base amount is missing,
+            negative or in another currency than the program's.
+    """
+    rule = find_pricing_rule(
+        rule_set, currency=currency, activity_type=activity_type, attributes=attributes, base=base
+    )
+    if rule.rate is not None:
+        assert base is not None  # find_pricing_rule requires a base for a rate
         result = apply_rate(base, rule.rate, rounding)
         return Reward(
             rule_set_version=rule_set.version,

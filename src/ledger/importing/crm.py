@@ -9,9 +9,11 @@ opportunity per row). The import:
 2. turns each opportunity into activities: ``pipeline_engaged`` on its
    ``engage_date`` (stages Engaging, Won and Lost) and, for a Won deal,
    ``deal_won`` on its ``close_date`` with ``close_value`` USD as the base;
-3. records them in batches with :meth:`LedgerApplication.record_activities`.
+3. records them in batches with :meth:`LedgerApplication.record_activities`,
+   in this process or in forked worker processes that each take a share of
+   the opportunities.
 
-Every row is decoded and priced against the program before anything is
+Every row is decoded and checked against the program's rules before anything is
 written. A row whose data are invalid (a bad or future date, an unknown
 product or agent, a Won deal without close value, ...) is rejected whole:
 nothing of it is written, and the rest of the import goes on. A well-formed
@@ -29,8 +31,12 @@ from __future__ import annotations
 
 import csv
 import enum
+import gc
+import multiprocessing
+import multiprocessing.connection
 import re
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -43,13 +49,14 @@ from ledger.application.service import LedgerApplication
 from ledger.domain.money import Money
 from ledger.domain.partner import check_partner_id
 from ledger.domain.program import Program
-from ledger.domain.rules import compute_reward
+from ledger.domain.rules import find_pricing_rule
 from ledger.errors import (
     ConflictError,
     InvalidInputError,
     LedgerError,
     NotFoundError,
     RuleNotFoundError,
+    StoreUnavailableError,
 )
 
 __all__ = [
@@ -91,8 +98,11 @@ PRODUCTS_COLUMNS = ("product", "series")
 CRM_CURRENCY = "USD"
 
 # Activities decoded and checked per call to record_activities, which saves
-# them in transactions of at most 200 earnings.
+# them in transactions of at most 500 earnings.
 DEFAULT_BATCH_SIZE = 1000
+
+# Minimum pipeline rows per worker process. A smaller import runs in one process.
+_MIN_ROWS_PER_WORKER = 1000
 
 _ENGAGED_STAGES = {"Engaging", "Won", "Lost"}
 _NOT_REWARDABLE_STAGES = {"Prospecting"}
@@ -283,6 +293,7 @@ def import_crm_opportunities(
     batch_size: int = DEFAULT_BATCH_SIZE,
     context: CommandContext | None = None,
     progress: Callable[[int, int], None] | None = None,
+    workers: int = 1,
 ) -> ImportReport:
     """Enroll the CRM agents and record their pipeline activities in ``program_id``.
 
@@ -295,6 +306,12 @@ def import_crm_opportunities(
             a new UUID per call.
         progress: Called with (pipeline rows done, pipeline rows total) after
             each batch.
+        workers: Processes that decode and record the pipeline rows, each
+            with its own database connection. With more than one, each
+            process takes the rows of a share of the opportunity ids, so rows
+            of one opportunity stay in file order. A share has at least 1,000
+            rows. Worker processes are forked, so they need a platform with
+            ``fork``.
 
     Returns:
         Counts per outcome and every row error. Running again over the same
@@ -302,7 +319,8 @@ def import_crm_opportunities(
 
     Raises:
         InvalidInputError: A file is missing, unreadable or lacks a required
-            column, the program does not pay in USD, or ``batch_size`` < 1.
+            column, the program does not pay in USD, or ``batch_size`` or
+            ``workers`` < 1.
         NotFoundError: The program is not published.
         StoreUnavailableError: The database failed mid-import; batches written
             before stay written, and running the import again completes it.
@@ -312,6 +330,12 @@ def import_crm_opportunities(
             f"batch size {batch_size} is not positive; use 1 or more, such as 500",
             field="batch_size",
             value=batch_size,
+        )
+    if workers < 1:
+        raise InvalidInputError(
+            f"workers {workers} is not positive; use 1, or up to the number of cores",
+            field="workers",
+            value=workers,
         )
     context = context or CommandContext(actor=IMPORT_ACTOR, correlation_id=str(uuid.uuid4()))
 
@@ -330,33 +354,27 @@ def import_crm_opportunities(
     agents = _enroll_agents(app, program, teams.rows, context, report)
     products = _decode_products(products_rows.rows, report)
 
-    # Decode and record the pipeline in batches of about batch_size activities.
+    # Decode and record the pipeline in batches of about batch_size activities,
+    # in this process or shared among worker processes.
     report.rows = len(pipeline.rows) + len(pipeline.errors)
-    rows_done = len(pipeline.errors)
-    batch: list[_PipelineRow] = []
-    pending = 0
-    for number, values in pipeline.rows:
-        decoded = _decode_pipeline_row(number, values, agents, products, program)
-        rows_done += 1
-        if decoded.errors:
-            report.errors.extend(decoded.errors)
-            continue
-        if decoded.nothing_to_reward:
-            report.not_rewardable += 1
-            continue
-        for command, entry in decoded.not_rewardable:
-            _count_not_rewardable(report, command, entry)
-        if not decoded.commands:
-            continue
-        batch.append(decoded)
-        pending += len(decoded.commands)
-        if pending >= batch_size:
-            _record_batch(app, program_id, batch, context, report)
-            batch, pending = [], 0
+    job = _PipelineJob(program_id, program, agents, products, batch_size, context)
+    shares = min(workers, max(1, len(pipeline.rows) // _MIN_ROWS_PER_WORKER))
+    if shares == 1:
+        rows_before = len(pipeline.errors)
+
+        def advance(rows_done: int) -> None:
             if progress is not None:
-                progress(rows_done, report.rows)
-    if batch:
-        _record_batch(app, program_id, batch, context, report)
+                progress(rows_before + rows_done, report.rows)
+
+        # The rows read stay alive for the whole import, so leave them out of
+        # the garbage collector's full collections, which would walk them all.
+        gc.freeze()
+        try:
+            _import_pipeline(app, job, pipeline.rows, report, advance)
+        finally:
+            gc.unfreeze()
+    else:
+        _import_pipeline_in_workers(app, job, pipeline, shares, report, progress)
     if progress is not None:
         progress(report.rows, report.rows)
 
@@ -714,8 +732,8 @@ def _decode_pipeline_row(
             )
         )
 
-    # Price each one as the application will: an activity the program does
-    # not reward is set aside, and any other pricing error rejects the row.
+    # Check each one as the application will price it: an activity the program
+    # does not reward is set aside, and any other pricing error rejects the row.
     for command in commands:
         problem = _pricing_problem(command, agent, program)
         if problem is None:
@@ -817,11 +835,12 @@ def _pricing_problem(
         )
         return RowOutcome.NOT_REWARDABLE, date_column, message
 
+    # The application prices the activity, so here it is only checked, by the
+    # same function that the pricing starts with.
     try:
-        compute_reward(
+        find_pricing_rule(
             rule_set,
             currency=program.currency,
-            rounding=program.rounding,
             activity_type=command.activity_type,
             attributes=command.attributes,
             base=command.base_amount,
@@ -840,6 +859,175 @@ def _count_not_rewardable(report: ImportReport, command: RecordActivity, entry: 
 
 
 # Writing --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _PipelineJob:
+    """Inputs of every share of the pipeline rows: program, agents, products and batch size."""
+
+    program_id: str
+    program: Program
+    agents: _Agents
+    products: Mapping[str, _Product]
+    batch_size: int
+    context: CommandContext
+
+
+def _import_pipeline(
+    app: LedgerApplication,
+    job: _PipelineJob,
+    rows: Sequence[tuple[int, dict[str, str]]],
+    report: ImportReport,
+    advance: Callable[[int], None],
+) -> None:
+    """Decode ``rows`` and record them in batches; call ``advance`` with the rows done."""
+    rows_done = 0
+    batch: list[_PipelineRow] = []
+    pending = 0
+    for number, values in rows:
+        decoded = _decode_pipeline_row(number, values, job.agents, job.products, job.program)
+        rows_done += 1
+        if decoded.errors:
+            report.errors.extend(decoded.errors)
+            continue
+        if decoded.nothing_to_reward:
+            report.not_rewardable += 1
+            continue
+        for command, entry in decoded.not_rewardable:
+            _count_not_rewardable(report, command, entry)
+        if not decoded.commands:
+            continue
+        batch.append(decoded)
+        pending += len(decoded.commands)
+        if pending >= job.batch_size:
+            _record_batch(app, job.program_id, batch, job.context, report)
+            batch, pending = [], 0
+            advance(rows_done)
+    if batch:
+        _record_batch(app, job.program_id, batch, job.context, report)
+    advance(rows_done)
+
+
+def _import_pipeline_in_workers(
+    app: LedgerApplication,
+    job: _PipelineJob,
+    pipeline: _Table,
+    workers: int,
+    report: ImportReport,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Import the pipeline rows in ``workers`` forked processes and add their counts to ``report``.
+
+    Rows go to a worker by a hash of their opportunity id, so a repeated
+    opportunity meets its earlier rows in the same worker, in file order, and
+    is compared with them as in a single process. A failed worker does not
+    stop the others; the first failure is raised once all have ended.
+    """
+    shares: list[list[tuple[int, dict[str, str]]]] = [[] for _ in range(workers)]
+    for number, values in pipeline.rows:
+        shares[zlib.crc32(values["opportunity_id"].encode()) % workers].append((number, values))
+
+    # Fork the workers: each inherits its share and the decoded agents and
+    # products, and builds its own application with the same settings.
+    context = multiprocessing.get_context("fork")
+    readers: dict[multiprocessing.connection.Connection, int] = {}
+    processes = []
+    # Frozen objects are left out of the workers' garbage collections, which
+    # would otherwise walk, and so copy, every row inherited from this process.
+    gc.freeze()
+    try:
+        for index, share in enumerate(shares):
+            reader, writer = context.Pipe(duplex=False)
+            process = context.Process(
+                target=_run_worker,
+                args=(type(app), dict(app.env), job, share, writer),
+                name=f"crm-import-{index + 1}",
+                daemon=True,
+            )
+            process.start()
+            writer.close()
+            readers[reader] = index
+            processes.append(process)
+    finally:
+        gc.unfreeze()
+
+    # Collect progress and the partial reports until every worker has ended.
+    rows_done = [0] * workers
+    failures: list[LedgerError] = []
+    while readers:
+        for ready in multiprocessing.connection.wait(list(readers)):
+            assert isinstance(ready, multiprocessing.connection.Connection)
+            index = readers[ready]
+            try:
+                message = ready.recv()
+            except EOFError:
+                failures.append(
+                    LedgerError(f"import worker {index + 1} ended without a report; import again")
+                )
+                del readers[ready]
+                continue
+            kind: str = message[0]
+            if kind == "progress":
+                rows_done[index] = message[1]
+                if progress is not None:
+                    progress(len(pipeline.errors) + sum(rows_done), report.rows)
+                continue
+            if kind == "done":
+                _merge(report, message[1])
+            else:
+                failures.append(_worker_error(*message[1:]))
+            del readers[ready]
+    for process in processes:
+        process.join()
+    if failures:
+        raise failures[0]
+
+
+def _run_worker(
+    app_type: type[LedgerApplication],
+    env: dict[str, str],
+    job: _PipelineJob,
+    rows: Sequence[tuple[int, dict[str, str]]],
+    writer: Any,
+) -> None:
+    """Import ``rows`` in a forked process and send the partial report through ``writer``."""
+    try:
+        worker_app = app_type(env=env)
+        try:
+            partial = ImportReport(
+                correlation_id=job.context.correlation_id, currency=job.program.currency
+            )
+            _import_pipeline(
+                worker_app, job, rows, partial, lambda done: writer.send(("progress", done))
+            )
+        finally:
+            worker_app.close()
+        writer.send(("done", partial))
+    except Exception as error:  # noqa: BLE001
+        # Any failure must reach the parent, and exceptions may not survive
+        # pickling, so the parent rebuilds them from their class name and text.
+        writer.send(("error", type(error).__name__, str(error)))
+    finally:
+        writer.close()
+
+
+def _worker_error(kind: str, message: str) -> LedgerError:
+    if kind == StoreUnavailableError.__name__:
+        return StoreUnavailableError(message)
+    return LedgerError(f"an import worker failed with {kind}: {message}")
+
+
+def _merge(report: ImportReport, partial: ImportReport) -> None:
+    """Add the counts and errors of a worker's ``partial`` report to ``report``."""
+    report.recorded += partial.recorded
+    report.already_recorded += partial.already_recorded
+    report.conflicts += partial.conflicts
+    report.not_rewardable += partial.not_rewardable
+    report.not_rewardable_activities += partial.not_rewardable_activities
+    report.recorded_by_type.update(partial.recorded_by_type)
+    report.not_rewardable_by_type.update(partial.not_rewardable_by_type)
+    report.recorded_amount_minor += partial.recorded_amount_minor
+    report.errors.extend(partial.errors)
 
 
 def _record_batch(

@@ -240,7 +240,8 @@ class MsgspecTranscoder(Transcoder):
                     "before storing the dict."
                 )
                 raise TypeError(msg)
-            wire[key] = to_wire(value)
+            # Native values, most of an event's, skip the call to _to_wire.
+            wire[key] = value if type(value) in _NATIVE_TYPES else to_wire(value)
         return wire
 
     def _encode_tuple(self, obj: tuple[Any, ...]) -> Ext:
