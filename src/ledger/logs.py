@@ -37,7 +37,10 @@ def configure_logging(log_format: str = "auto", *, level: int = logging.INFO) ->
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line: with `serve --workers`, several processes share
+        # stderr, and a line written in two parts can interleave with another
+        # process's line (PYTHONUNBUFFERED makes each write reach the pipe).
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(level=max(level, logging.WARNING), stream=sys.stderr, format="%(message)s")
