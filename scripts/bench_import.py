@@ -81,11 +81,9 @@ def _import(
             profiler.disable()
         elapsed = time.perf_counter() - started
         cpu = meter.read()
-        # Client CPU counts this process and the worker processes it forked.
-        workers_cpu = round(_children_cpu_seconds() - children_before, 2)
-        cpu["workers_cpu_seconds"] = workers_cpu
-        cpu["client_cpu_seconds"] = round(cpu["client_cpu_seconds"] + workers_cpu, 2)
-        cpu["client_cores"] = round(cpu["client_cpu_seconds"] / cpu["wall_seconds"], 2)
+        # The meter's client CPU already counts the worker processes this
+        # process forked and reaped; their share is reported on its own too.
+        cpu["workers_cpu_seconds"] = round(_children_cpu_seconds() - children_before, 2)
 
     activities = report.recorded + report.already_recorded
     return {
