@@ -28,6 +28,11 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             the projections (``LEDGER_READ_WAIT_SECONDS``).
         projector_batch_size: Events per projector transaction.
         projector_poll_seconds: Fallback poll interval when notifications stop.
+        read_pool_size: Read connections per server process
+            (``LEDGER_READ_POOL_SIZE``). Each server process also opens the
+            command side's connections and, with the projector, one per
+            projection plus a listener, so ``--workers`` times the total must
+            stay below the server's ``max_connections``.
     """
 
     database_url: str | None = None
@@ -39,6 +44,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     read_wait_seconds: float = 2.0
     projector_batch_size: int = 2000
     projector_poll_seconds: float = 1.0
+    read_pool_size: int = 24
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -58,6 +64,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             "read_wait_seconds": "LEDGER_READ_WAIT_SECONDS",
             "projector_batch_size": "LEDGER_PROJECTOR_BATCH_SIZE",
             "projector_poll_seconds": "LEDGER_PROJECTOR_POLL_SECONDS",
+            "read_pool_size": "LEDGER_READ_POOL_SIZE",
         }
         for field, variable in names.items():
             value = env.get(variable)
@@ -82,5 +89,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"LEDGER_LOG_FORMAT is {settings.log_format!r}; use auto, json or console",
                 field="LEDGER_LOG_FORMAT",
                 value=settings.log_format,
+            )
+        if not 1 <= settings.read_pool_size <= 1000:
+            raise InvalidInputError(
+                f"LEDGER_READ_POOL_SIZE is {settings.read_pool_size}; use a whole number "
+                "from 1 to 1000, below the PostgreSQL server's max_connections",
+                field="LEDGER_READ_POOL_SIZE",
+                value=settings.read_pool_size,
             )
         return settings

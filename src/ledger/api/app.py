@@ -44,6 +44,7 @@ from ledger.api.problems import handle_exception
 from ledger.api.routes import ROUTE_HANDLERS
 from ledger.bootstrap import Services, bootstrap
 from ledger.errors import StoreUnavailableError
+from ledger.infrastructure.read_pool import create_fair_pool
 from ledger.logs import configure_logging
 from ledger.settings import Settings
 
@@ -56,10 +57,10 @@ __all__ = [
 
 _log = structlog.get_logger("ledger.api")
 
-# Read connections per process. Each request uses one for a few queries,
-# and the projector opens its own connections outside this pool.
+# Read connections each process opens at start. The pool grows up to the
+# read_pool_size setting under load. A request holds one connection for one
+# or a few queries, and the projector opens its own outside this pool.
 _POOL_MIN_SIZE = 1
-_POOL_MAX_SIZE = 10
 _CONNECT_TIMEOUT_SECONDS = 10.0
 
 # Maximum wait for the projector to finish its current batch on shutdown.
@@ -223,10 +224,10 @@ def openapi_document() -> dict[str, Any]:
 @asynccontextmanager
 async def _read_pool(services: Services) -> AsyncIterator[asyncpg.Pool]:
     try:
-        pool = await asyncpg.create_pool(
+        pool = await create_fair_pool(
             services.database.url,
             min_size=_POOL_MIN_SIZE,
-            max_size=_POOL_MAX_SIZE,
+            max_size=services.settings.read_pool_size,
             timeout=_CONNECT_TIMEOUT_SECONDS,
             reset=_keep_session_state,
         )
