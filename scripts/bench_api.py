@@ -509,9 +509,12 @@ def _phase(
 @click.option(
     "--server-workers",
     type=click.IntRange(1, 64),
-    default=os.cpu_count() or 1,
-    show_default="the number of cores",
-    help="Server processes (ledger serve --workers).",
+    default=1,
+    show_default=True,
+    help=(
+        "Server processes (ledger serve --workers). On the 2-core test VM one "
+        "process beside PostgreSQL gave the lowest p99; see docs/benchmarks.md."
+    ),
 )
 @click.option(
     "--server-env",
