@@ -58,7 +58,7 @@ __all__ = [
 _log = structlog.get_logger("ledger.api")
 
 # Read connections each process opens at start. The pool grows up to the
-# read_pool_size setting under load. A request holds one connection for one
+# read_pool_size setting under load. A request uses one connection for one
 # or a few queries, and the projector opens its own outside this pool.
 _POOL_MIN_SIZE = 1
 _CONNECT_TIMEOUT_SECONDS = 10.0
