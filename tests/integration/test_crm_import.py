@@ -940,3 +940,23 @@ async def test_real_data_statements_match_csv(real_import: RealImport) -> None:
 def cents(amount_minor: int) -> str:
     """Format USD minor units as the API does: a decimal string with two digits."""
     return f"{Decimal(amount_minor).scaleb(-2):.2f}"
+
+
+def test_nul_character_rejects_the_row(services: Services, tmp_path: Path) -> None:
+    publish(services)
+    pipeline = [
+        *SMALL_PIPELINE,
+        "OPP00020,Ada Quill,GTX Basic,Ac\x00me,Won,2016-10-21,2016-11-03,900",
+    ]
+    folder = write_crm(tmp_path / "crm", pipeline)
+
+    report = import_crm_opportunities(services.app, folder)
+    error_file = tmp_path / "errors.csv"
+    write_error_file(error_file, report.errors)
+
+    assert report.recorded == 6
+    assert report.rejected_rows == 1
+    assert [(error.row, error.field) for error in report.errors] == [(7, "account")]
+    assert "NUL" in report.errors[0].message
+    assert read_error_file(error_file)[0]["field"] == "account"
+    assert not earning_exists(services.database, "OPP00020:won")

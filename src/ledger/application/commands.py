@@ -6,13 +6,15 @@ objects; the application trusts their types and checks the domain rules.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
+from typing import Any
 
 import msgspec
 
 from ledger.domain.money import Money
 from ledger.domain.rules import RuleSet
+from ledger.domain.text import reject_nul
 
 __all__ = [
     "ChangeTier",
@@ -23,6 +25,12 @@ __all__ = [
     "RecordAdjustment",
     "ReverseEarning",
 ]
+
+
+def _check_text(command: Any) -> None:
+    """Reject NUL characters in every text field of a command dataclass."""
+    for item in fields(command):
+        reject_nul(item.name, getattr(command, item.name))
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +44,9 @@ class CommandContext:
 
     actor: str
     correlation_id: str
+
+    def __post_init__(self) -> None:
+        _check_text(self)
 
 
 class ProgramSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,6 +70,9 @@ class ProgramSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rounding: str = "half-up"
     tiers: list[str] = []
 
+    def __post_init__(self) -> None:
+        reject_nul("program", msgspec.to_builtins(self))
+
 
 @dataclass(frozen=True, slots=True)
 class EnrollPartner:
@@ -72,6 +86,9 @@ class EnrollPartner:
     tier: str | None = None
     source_ref: str = ""
 
+    def __post_init__(self) -> None:
+        _check_text(self)
+
 
 @dataclass(frozen=True, slots=True)
 class RecordActivity:
@@ -84,6 +101,9 @@ class RecordActivity:
     base_amount: Money | None = None
     attributes: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        _check_text(self)
+
 
 @dataclass(frozen=True, slots=True)
 class RecordAdjustment:
@@ -93,6 +113,9 @@ class RecordAdjustment:
     effective_date: date
     reason: str
     source_ref: str = ""
+
+    def __post_init__(self) -> None:
+        _check_text(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +133,9 @@ class ReverseEarning:
     amount: Money | None = None
     base_amount: Money | None = None
 
+    def __post_init__(self) -> None:
+        _check_text(self)
+
 
 @dataclass(frozen=True, slots=True)
 class ChangeTier:
@@ -118,3 +144,6 @@ class ChangeTier:
     tier: str
     effective_date: date
     reason: str
+
+    def __post_init__(self) -> None:
+        _check_text(self)

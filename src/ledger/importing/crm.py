@@ -681,6 +681,15 @@ def _decode_pipeline_row(
             f"deal_stage {stage!r} is not one of Prospecting, Engaging, Won, Lost",
         )
 
+    # The ledger cannot store U+0000, and some columns end up in events.
+    for column, value in values.items():
+        if "\x00" in value:
+            reject(
+                column,
+                f"{column} contains the NUL character (U+0000), which the ledger cannot "
+                "store; remove it from the file and import again",
+            )
+
     # Fields every rewardable row needs.
     if not opportunity_id:
         reject("opportunity_id", "opportunity_id is empty; every opportunity needs its CRM id")
