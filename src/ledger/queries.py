@@ -73,6 +73,9 @@ MAX_PARTNERS_LIMIT = MAX_EVENTS_LIMIT
 FIRST_PERIOD = date(1900, 1, 1)
 LAST_PERIOD = date(9998, 12, 1)
 
+# Event positions are PostgreSQL bigint values.
+_MAX_POSITION = 2**63 - 1
+
 _PERIOD_PATTERN = re.compile(r"(\d{4})-(\d{2})", re.ASCII)
 
 # A pool, or one connection that a caller already acquired (the CLI, a test).
@@ -726,9 +729,9 @@ async def fetch_partner_events(
             field="limit",
             value=limit,
         )
-    if after is not None and after < 0:
+    if after is not None and not 0 <= after <= _MAX_POSITION:
         raise InvalidInputError(
-            f"cursor {after} is negative; pass the next_cursor of the previous page, "
+            f"cursor {after} is out of range; pass the next_cursor of the previous page, "
             "or leave it out to start at the first event",
             field="after",
             value=after,

@@ -517,3 +517,59 @@ async def test_unexpected_error_is_500_without_internals(
     assert problem["request_id"] == response.headers["X-Request-ID"]
     assert "0xdeadbeef" not in response.text
     assert "RuntimeError" not in response.text
+
+
+# Text PostgreSQL cannot store: 422, nothing recorded --------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        (ACTIVITIES, activity(source_ref="opp\u0000x"), "source_ref"),
+        (ACTIVITIES, activity(attributes={"series": "G\u0000TX"}), "attributes.series"),
+        (ACTIVITIES, activity(attributes={"se\u0000ries": "GTX"}), "attributes key"),
+        (ADJUSTMENTS, adjustment(reason="bonus\u0000"), "reason"),
+        (
+            f"/v1/programs/{USD_PROGRAM}/partners",
+            {
+                "partner_id": "new-partner",
+                "display_name": "N\u0000ew",
+                "effective_date": "2016-01-02",
+            },
+            "display_name",
+        ),
+    ],
+)
+async def test_nul_character_in_a_write_is_422(
+    client: Client, ledger_services: Services, path: str, body: dict[str, Any], field: str
+) -> None:
+    head = ledger_services.app.head_position()
+
+    response = await client.post(path, json=body, headers=keyed())
+
+    problem = problem_of(response, 422)
+    assert problem["errors"][0]["field"] == field
+    assert "\\u0000" in problem["errors"][0]["value"]
+    assert ledger_services.app.head_position() == head
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/v1/partners/ada%00quill", "partner_id"),
+        ("/v1/partners/ada%00quill/statements/2016-01", "partner_id"),
+        (f"/v1/programs/{USD_PROGRAM}/partners?after=%00", "after"),
+    ],
+)
+async def test_nul_character_in_the_url_is_422(client: Client, path: str, field: str) -> None:
+    response = await client.get(path)
+
+    problem = problem_of(response, 422)
+    assert problem["errors"][0]["field"] == field
+
+
+async def test_events_cursor_beyond_bigint_is_422(client: Client) -> None:
+    response = await client.get(f"/v1/partners/{USD_PARTNER}/events", params={"after": str(2**63)})
+
+    problem = problem_of(response, 422)
+    assert problem["errors"][0]["field"] == "after"

@@ -20,6 +20,7 @@ from litestar import Request
 
 from ledger.api.errors import BadRequestError, UnsupportedMediaTypeError
 from ledger.application.commands import CommandContext
+from ledger.domain.text import reject_nul
 
 __all__ = [
     "ACTOR_HEADER",
@@ -115,8 +116,19 @@ def _has_body(request: Request[Any, Any, Any]) -> bool:
     return "transfer-encoding" in request.headers
 
 
+def _reject_nul_in_url(request: Request[Any, Any, Any]) -> None:
+    """Reject a path or query parameter containing U+0000, which no stored id can contain."""
+    for name, value in request.path_params.items():
+        reject_nul(name, value)
+    for name, values in request.query_params.dict().items():
+        for value in values:
+            reject_nul(name, value)
+
+
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
-    """Reject a body whose Content-Type is not JSON; Litestar ``before_request`` hook.
+    """Check the URL's text, then reject a body that is not JSON; Litestar ``before_request`` hook.
+
+    A path or query parameter containing the NUL character is rejected first.
 
     A body with no Content-Type is rejected too. A POST, PUT or PATCH without
     a body or Content-Type passes, so the handler's validation reports the
@@ -126,6 +138,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
         UnsupportedMediaTypeError: The body is not declared as
             ``application/json`` or another ``application/*+json`` type.
     """
+    _reject_nul_in_url(request)
     has_body = _has_body(request)
     if request.method not in _BODY_METHODS and not has_body:
         return
