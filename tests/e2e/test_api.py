@@ -8,6 +8,7 @@ how a client gets read-your-writes.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import uuid
@@ -16,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 from litestar.testing import AsyncTestClient
 
@@ -561,6 +563,48 @@ async def test_health_reports_projections(client: Client, ledger_services: Servi
     for projection in health["projections"]:
         assert projection["head"] >= head
         assert projection["lag"] == projection["head"] - projection["position"]
+
+
+async def _health_until(client: Client, projector: str) -> Any:
+    """Poll /health until it reports ``projector``; fail after 30 s."""
+    for _ in range(300):
+        response = await client.get("/health")
+        if response.json()["projector"] == projector:
+            return response
+        await asyncio.sleep(0.1)
+    pytest.fail(f"/health never reported projector {projector!r}: {response.text}")
+
+
+async def test_health_reports_a_failing_projection(
+    client: Client, ledger_services: Services
+) -> None:
+    conn = await asyncpg.connect(ledger_services.database.url)
+    try:
+        await conn.execute(
+            """
+            CREATE FUNCTION public.reject_poisoned_line() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                RAISE EXCEPTION 'line % is poisoned', NEW.position;
+            END $$;
+            CREATE TRIGGER reject_poisoned_line BEFORE INSERT ON statements.statement_lines
+                FOR EACH ROW EXECUTE FUNCTION public.reject_poisoned_line();
+            """
+        )
+        await record(client, activity("poisoned-line"))
+
+        failing = await _health_until(client, "failing")
+        await conn.execute("DROP TRIGGER reject_poisoned_line ON statements.statement_lines")
+        recovered = await _health_until(client, "running")
+    finally:
+        await conn.close()
+
+    assert failing.status_code == 503
+    assert failing.json()["status"] == "degraded"
+    errors = {p["name"]: p["error"] for p in failing.json()["projections"]}
+    assert "poisoned" in errors["statements"]
+    assert errors["journal"] is None
+    assert recovered.status_code == 200
+    assert all(p["error"] is None for p in recovered.json()["projections"])
 
 
 async def test_request_id_generated_when_absent(client: Client) -> None:

@@ -55,7 +55,12 @@ from ledger.application.commands import (
 )
 from ledger.bootstrap import Services
 from ledger.errors import InvalidInputError, NotFoundError, StoreUnavailableError
-from ledger.projector import ProjectionStatus, projection_status, wait_for_position
+from ledger.projector import (
+    ProjectionStatus,
+    failing_projections,
+    projection_status,
+    wait_for_position,
+)
 
 __all__ = ["ROUTE_HANDLERS"]
 
@@ -191,7 +196,12 @@ async def _await_projections(
             field="min_position",
             value=min_position,
         )
-    projections = [_projection_health(status) for status in statuses if status.name in names]
+    failures = failing_projections()
+    projections = [
+        _projection_health(status, failures.get(status.name))
+        for status in statuses
+        if status.name in names
+    ]
     behind = ", ".join(f"{p.name} at {p.position}" for p in projections)
     raise ProjectionsBehindError(
         f"projections are behind: min_position {min_position} was not reached within "
@@ -202,9 +212,9 @@ async def _await_projections(
     )
 
 
-def _projection_health(status: ProjectionStatus) -> ProjectionHealth:
+def _projection_health(status: ProjectionStatus, error: str | None) -> ProjectionHealth:
     return ProjectionHealth(
-        name=status.name, position=status.position, head=status.head, lag=status.lag
+        name=status.name, position=status.position, head=status.head, lag=status.lag, error=error
     )
 
 
@@ -575,7 +585,7 @@ def _projector_state(request: _Request) -> str:
     if task is None:
         return "external"
     if not task.done():
-        return "running"
+        return "failing" if failing_projections() else "running"
     if not task.cancelled() and task.exception() is not None:
         return "failed"
     return "stopped"
@@ -587,13 +597,17 @@ def _projector_state(request: _Request) -> str:
     summary="Report service health",
     description=(
         "200 when the database replies and the projector runs (here or in another "
-        "process), 503 otherwise. Lists each projection's position, the event store head "
-        "and the lag between them."
+        "process), 503 otherwise, also while this process's projector retries a projection "
+        'it failed to apply (projector "failing", the error on that projection). Lists '
+        "each projection's position, the event store head and the lag between them."
     ),
     responses={
         503: ResponseSpec(
             data_container=HealthResponse,
-            description="The database is unreachable or the in-process projector stopped.",
+            description=(
+                "The database is unreachable, or the in-process projector stopped or is "
+                "failing to apply a projection."
+            ),
             generate_examples=False,
         )
     },
@@ -615,11 +629,12 @@ async def health(request: _Request) -> Response[HealthResponse]:
         )
         return Response(body, status_code=HTTP_503_SERVICE_UNAVAILABLE)
     healthy = projector in {"running", "external"}
+    failures = failing_projections()
     body = HealthResponse(
         status="ok" if healthy else "degraded",
         database=True,
         projector=projector,
-        projections=[_projection_health(status) for status in statuses],
+        projections=[_projection_health(status, failures.get(status.name)) for status in statuses],
     )
     return Response(body, status_code=HTTP_200_OK if healthy else HTTP_503_SERVICE_UNAVAILABLE)
 

@@ -435,23 +435,28 @@ class ProjectionHealth(msgspec.Struct, frozen=True, kw_only=True):
         position: Position of the last event the projection applied.
         head: Highest position in the event store.
         lag: ``head - position``: events not yet applied.
+        error: The error this server's projector met applying the projection
+            and is retrying after; ``None`` when its last batch succeeded.
     """
 
     name: str
     position: int
     head: int
     lag: int
+    error: str | None = None
 
 
 class HealthResponse(msgspec.Struct, frozen=True, kw_only=True):
     """Service health.
 
     Attributes:
-        status: ``ok``, ``degraded`` (the in-process projector has stopped) or
-            ``unavailable`` (the database cannot be reached).
+        status: ``ok``, ``degraded`` (the in-process projector has stopped or
+            keeps failing on a projection) or ``unavailable`` (the database
+            cannot be reached).
         database: True when the database replied to a query.
-        projector: ``running``, ``stopped``, ``failed`` or ``external`` (this
-            process does not run the projector).
+        projector: ``running``, ``failing`` (retrying a projection it could
+            not apply), ``stopped``, ``failed`` or ``external`` (this process
+            does not run the projector).
         projections: Position, head and lag of each projection.
     """
 

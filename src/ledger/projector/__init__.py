@@ -34,7 +34,7 @@ Example, projecting everything recorded so far::
 from ledger.infrastructure.schema import PROJECTION_NAMES
 from ledger.projector.batch import ProjectionFailedError
 from ledger.projector.rebuild import rebuild_projection
-from ledger.projector.runner import catch_up, run_projector
+from ledger.projector.runner import catch_up, failing_projections, run_projector
 from ledger.projector.status import ProjectionStatus, projection_status, wait_for_position
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "ProjectionFailedError",
     "ProjectionStatus",
     "catch_up",
+    "failing_projections",
     "projection_status",
     "rebuild_projection",
     "run_projector",

@@ -40,7 +40,13 @@ from ledger.projector.events import SharedReads, read_head
 from ledger.projector.handlers import get_projections
 from ledger.settings import Settings
 
-__all__ = ["NOTIFY_CHANNEL", "catch_up", "projection_lock_key", "run_projector"]
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "catch_up",
+    "failing_projections",
+    "projection_lock_key",
+    "run_projector",
+]
 
 NOTIFY_CHANNEL = "ledger_events"
 
@@ -228,6 +234,16 @@ async def _drain(
     return total, position
 
 
+# Latest error of each projection that this process's projector failed to
+# apply and retries, by name; a batch that commits removes its entry.
+_FAILURES: dict[str, str] = {}
+
+
+def failing_projections() -> dict[str, str]:
+    """Return the latest error of each projection this process's projector is retrying."""
+    return dict(_FAILURES)
+
+
 async def _follow(
     database: DatabaseUrl,
     projection: Projection,
@@ -259,6 +275,7 @@ async def _follow(
                     conn, projection, settings.projector_batch_size, stop, shared
                 )
                 backoff.reset()
+                _FAILURES.pop(projection.name, None)
                 if first or events:
                     level = log.info if first else log.debug
                     level("projector.caught_up", events=events, position=position)
@@ -267,6 +284,7 @@ async def _follow(
                 await _wait_for_any((wakeup, stop), timeout)
             break
         except (StoreUnavailableError, ProjectionFailedError) as error:
+            _FAILURES[projection.name] = error.message
             delay = backoff.next_delay()
             log.error(
                 "projector.failed",
@@ -275,9 +293,10 @@ async def _follow(
                 attempt=backoff.attempt,
                 retry_in_seconds=delay,
             )
-        except Exception:
+        except Exception as error:
             # A bug in one projection must not stop the others; it is logged
             # with its traceback and retried like a database error.
+            _FAILURES[projection.name] = f"{type(error).__name__}: {error}"
             delay = backoff.next_delay()
             log.exception(
                 "projector.unexpected_error", attempt=backoff.attempt, retry_in_seconds=delay
