@@ -231,8 +231,11 @@ def test_reversal_in_other_currency_is_rejected() -> None:
 def test_reversal_with_amount_and_base_is_rejected() -> None:
     earning = make_earning()
 
-    with pytest.raises(InvalidInputError, match="either amount or base_amount"):
-        reverse(earning, amount=Money(100, "USD"), base=Money(100, "USD"))
+    with pytest.raises(InvalidInputError, match="not both") as raised:
+        reverse(earning, amount=Money(100, "USD"), base=Money(250, "USD"))
+
+    assert raised.value.field == "base_amount"
+    assert raised.value.value == "2.50"
 
 
 def test_reversal_needs_reason() -> None:

@@ -717,7 +717,7 @@ class LedgerApplication(Application[UUID]):
             aggregate = None
         if not isinstance(aggregate, cls):
             raise NotFoundError(
-                f"{what or cls.__name__.lower()} does not exist",
+                f"{what or cls.__name__.lower()} does not exist; check the id, or create it first",
                 field=field,
                 value=value if value is not None else str(aggregate_id),
             )

@@ -231,7 +231,8 @@ class Earning(Aggregate):
         remaining = self.remaining
         if remaining.amount_minor <= 0:
             raise InvalidInputError(
-                f"earning {self.source_ref!r} is already fully reversed",
+                f"earning {self.source_ref!r} is already fully reversed, so nothing is "
+                "left to reverse; record an adjustment to debit the partner further",
                 field="source_ref",
                 value=self.source_ref,
             )
@@ -243,13 +244,17 @@ class Earning(Aggregate):
         if effective_date < self.effective_date:
             raise InvalidInputError(
                 f"reversal effective {effective_date.isoformat()} precedes the earning's "
-                f"effective date {self.effective_date.isoformat()}",
+                f"effective date {self.effective_date.isoformat()}; use that date or a later one",
                 field="effective_date",
                 value=effective_date.isoformat(),
             )
         if amount is not None and base is not None:
             raise InvalidInputError(
-                "send either amount or base_amount, not both", field="base_amount"
+                f"both amount ({amount.format()}) and base_amount ({base.format()}) were sent; "
+                "send amount to reverse part of the reward, or base_amount to reverse part "
+                "of the base, not both",
+                field="base_amount",
+                value=base.format(),
             )
 
         base_minor: int | None = None

@@ -141,7 +141,7 @@ class Partner(Aggregate):
         if on < self.enrolled_on:
             raise InvalidInputError(
                 f"{field} {on.isoformat()} is before partner {self.partner_id!r} enrolled on "
-                f"{self.enrolled_on.isoformat()}",
+                f"{self.enrolled_on.isoformat()}; use {self.enrolled_on.isoformat()} or later",
                 field=field,
                 value=on.isoformat(),
             )
@@ -165,15 +165,17 @@ class Partner(Aggregate):
             raise InvalidInputError("tier must not be empty", field="tier", value=to_tier)
         if effective_date < self.tier_since:
             raise InvalidInputError(
-                f"tier change effective {effective_date.isoformat()} predates partner "
-                f"{self.partner_id!r}'s current tier {self.tier!r}, held since "
-                f"{self.tier_since.isoformat()}; tier changes are recorded in date order",
+                f"tier change effective {effective_date.isoformat()} predates the current "
+                f"tier {self.tier!r} of partner {self.partner_id!r}, held since "
+                f"{self.tier_since.isoformat()}; tier changes are recorded in date order, so "
+                f"use {self.tier_since.isoformat()} or later",
                 field="effective_date",
                 value=effective_date.isoformat(),
             )
         if to_tier == self.tier:
             raise InvalidInputError(
-                f"partner {self.partner_id!r} is already in tier {to_tier!r}",
+                f"partner {self.partner_id!r} is already in tier {to_tier!r}; send "
+                "another tier to change it",
                 field="tier",
                 value=to_tier,
             )
