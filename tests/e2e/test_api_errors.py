@@ -311,7 +311,7 @@ async def test_attribute_of_wrong_type_is_400(client: Client) -> None:
     response = await client.post(ACTIVITIES, json=activity(attributes={"series": 7}))
 
     problem = problem_of(response, 400)
-    assert problem["errors"][0]["field"] == "attributes"
+    assert problem["errors"][0]["field"] == "attributes.series"
 
 
 async def test_missing_idempotency_key_is_400(client: Client) -> None:
@@ -573,3 +573,26 @@ async def test_events_cursor_beyond_bigint_is_422(client: Client) -> None:
 
     problem = problem_of(response, 422)
     assert problem["errors"][0]["field"] == "after"
+
+
+async def test_attribute_that_is_not_text_is_named(client: Client) -> None:
+    response = await client.post(
+        ACTIVITIES, json=activity(attributes={"series": "GTX", "account": 5})
+    )
+
+    problem = problem_of(response, 400)
+    assert problem["errors"][0]["field"] == "attributes.account"
+    assert problem["errors"][0]["value"] == 5
+
+
+@pytest.mark.parametrize("amount", [" 10.00", "10.00\n", "+10.00", "10.", ".5", "1 0"])
+async def test_loose_amount_text_is_422(client: Client, amount: str) -> None:
+    response = await client.post(
+        ADJUSTMENTS,
+        json=adjustment(amount={"amount": amount, "currency": "USD"}),
+        headers=keyed(),
+    )
+
+    problem = problem_of(response, 422)
+    assert problem["errors"][0]["field"] == "amount.amount"
+    assert problem["errors"][0]["value"] == amount

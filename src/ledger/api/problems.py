@@ -473,6 +473,10 @@ def _validation_detail(request: Request[Any, Any, Any], item: dict[str, Any]) ->
 
     if source == "body":
         path = _body_path(key)
+        if key.endswith("[...]"):
+            # msgspec names a mapping's entry only as "[...]"; find the entry
+            # whose value is not text, which is what the body's mappings hold.
+            path = _first_non_text_entry(request, path)
         if text == "'data'":
             return ErrorDetail(
                 field="body",
@@ -503,6 +507,16 @@ def _validation_detail(request: Request[Any, Any, Any], item: dict[str, Any]) ->
     message = f"{name} is invalid: {_lower_first(text)}"
     hint = _FIELD_HINTS.get(name)
     return ErrorDetail(field=name, value=value, message=f"{message}; {hint}" if hint else message)
+
+
+def _first_non_text_entry(request: Request[Any, Any, Any], path: str) -> str:
+    """Return ``path.key`` of the first entry of the mapping at ``path`` whose value is not text."""
+    mapping = _body_value(request, path)
+    if isinstance(mapping, dict):
+        for name, value in mapping.items():
+            if not isinstance(value, str):
+                return f"{path}.{name}"
+    return path
 
 
 def _join(path: str, name: str) -> str:

@@ -11,6 +11,7 @@ digits than the currency has. Read responses reuse the Structs of
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Any
@@ -25,6 +26,7 @@ from ledger.application.results import (
     TierOutcome,
 )
 from ledger.domain.money import CURRENCY_EXPONENTS, Money, currency_exponent
+from ledger.errors import InvalidInputError
 from ledger.queries import MoneyJSON
 
 __all__ = [
@@ -90,6 +92,10 @@ class MoneyInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ]
 
 
+# What an API amount may look like: "47.43", "-5", "0.250"; not " 5", "+5", "5." or ".5".
+_PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
+
+
 def parse_money(value: MoneyInput, field: str) -> Money:
     """Return ``value`` as exact :class:`Money`, naming ``field`` in any error.
 
@@ -99,6 +105,14 @@ def parse_money(value: MoneyInput, field: str) -> Money:
             minor-unit digits (field ``<field>.amount``).
     """
     currency_exponent(value.currency, field=f"{field}.currency")
+    if _PLAIN_DECIMAL.fullmatch(value.amount) is None:
+        raise InvalidInputError(
+            f"{field}.amount {value.amount!r} is not a plain decimal string; send digits "
+            'with an optional leading "-" and, if any, digits after the point, such as '
+            '"47.43", with no spaces or "+"',
+            field=f"{field}.amount",
+            value=value.amount,
+        )
     return Money.parse(value.amount, value.currency, field=f"{field}.amount")
 
 
