@@ -31,14 +31,16 @@ CREATE TABLE {schema}.partners (
 );
 CREATE INDEX ON {schema}.partners (program_id, partner_id);
 
--- Running totals per partner and currency, in minor units.
+-- Running totals per partner and currency, in minor units. The totals are
+-- numeric because a sum of many amounts, each within bigint, can pass it,
+-- and an event whose totals could not be written would stop the projection.
 CREATE TABLE {schema}.balances (
     partner_id text NOT NULL,
     currency char(3) NOT NULL,
-    earned_minor bigint NOT NULL DEFAULT 0,
-    reversed_minor bigint NOT NULL DEFAULT 0,
-    adjusted_minor bigint NOT NULL DEFAULT 0,
-    balance_minor bigint NOT NULL DEFAULT 0,
+    earned_minor numeric NOT NULL DEFAULT 0,
+    reversed_minor numeric NOT NULL DEFAULT 0,
+    adjusted_minor numeric NOT NULL DEFAULT 0,
+    balance_minor numeric NOT NULL DEFAULT 0,
     line_count bigint NOT NULL DEFAULT 0,
     position bigint NOT NULL,
     PRIMARY KEY (partner_id, currency)
@@ -51,7 +53,7 @@ CREATE TABLE {schema}.period_totals (
     partner_id text NOT NULL,
     currency char(3) NOT NULL,
     period date NOT NULL,
-    amount_minor bigint NOT NULL,
+    amount_minor numeric NOT NULL,
     PRIMARY KEY (partner_id, currency, period)
 );
 

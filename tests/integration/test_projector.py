@@ -29,7 +29,7 @@ from ledger.application.service import LedgerApplication
 from ledger.bootstrap import Services
 from ledger.domain.adjustment import Adjustment
 from ledger.domain.ids import partner_id_uuid, program_id_uuid
-from ledger.domain.money import Money
+from ledger.domain.money import Money, format_minor
 from ledger.domain.partner import Partner
 from ledger.domain.program import Program
 from ledger.domain.rules import Rule, RuleSet
@@ -45,6 +45,7 @@ from ledger.projector import (
     wait_for_position,
 )
 from ledger.projector.events import SharedReads
+from ledger.queries import fetch_balance, fetch_statement
 from ledger.settings import Settings
 
 CONTEXT = CommandContext(actor="tester", correlation_id="corr-projector")
@@ -986,3 +987,35 @@ async def test_run_projector_stops_on_event(database: DatabaseUrl, settings: Set
 async def test_unknown_projection_rejected(database: DatabaseUrl) -> None:
     with pytest.raises(InvalidInputError, match="unknown projection 'ledgers'"):
         await catch_up(database, names=["ledgers"])
+
+
+async def test_totals_beyond_bigint_still_project(services: Services) -> None:
+    # Each amount fits bigint, but a partner's running totals may not: the
+    # projection must keep applying events instead of stopping at one.
+    app = services.app
+    publish_program(app)
+    enroll(app, "whale")
+    adjust(app, "whale", "10000000000000.00", "first")
+    await catch_up(services.database)
+    near_limit = 2**63 - 10
+    conn = await asyncpg.connect(services.database.url)
+    try:
+        await conn.execute(
+            "UPDATE statements.balances SET adjusted_minor = $1, balance_minor = $1",
+            near_limit,
+        )
+        await conn.execute("UPDATE statements.period_totals SET amount_minor = $1", near_limit)
+        adjust(app, "whale", "10000000000000.00", "second")
+
+        await catch_up(services.database)
+
+        balance = await fetch_balance(conn, "whale")
+        statement = await fetch_statement(conn, "whale", "2024-04")
+        checkpoint = await conn.fetchval("SELECT position FROM statements.checkpoint")
+    finally:
+        await conn.close()
+    expected = format_minor(near_limit + 10**15, "USD")
+    assert checkpoint == app.head_position()
+    assert balance.balance.amount == expected
+    assert balance.adjusted.amount == expected
+    assert statement.opening_balance.amount == expected

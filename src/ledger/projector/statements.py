@@ -89,8 +89,8 @@ def _statements(schema: str) -> dict[str, str]:
             INSERT INTO {s}.balances AS b
                 (partner_id, currency, earned_minor, reversed_minor, adjusted_minor,
                  balance_minor, line_count, position)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[],
-                                 $5::bigint[], $6::bigint[], $7::bigint[], $8::bigint[])
+            SELECT * FROM unnest($1::text[], $2::text[], $3::numeric[], $4::numeric[],
+                                 $5::numeric[], $6::numeric[], $7::bigint[], $8::bigint[])
             ON CONFLICT (partner_id, currency) DO UPDATE SET
                 earned_minor = b.earned_minor + EXCLUDED.earned_minor,
                 reversed_minor = b.reversed_minor + EXCLUDED.reversed_minor,
@@ -101,7 +101,7 @@ def _statements(schema: str) -> dict[str, str]:
         """,
         "upsert_periods": f"""
             INSERT INTO {s}.period_totals AS t (partner_id, currency, period, amount_minor)
-            SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::bigint[])
+            SELECT * FROM unnest($1::text[], $2::text[], $3::date[], $4::numeric[])
             ON CONFLICT (partner_id, currency, period) DO UPDATE SET
                 amount_minor = t.amount_minor + EXCLUDED.amount_minor
         """,
