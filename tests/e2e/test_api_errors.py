@@ -596,3 +596,19 @@ async def test_loose_amount_text_is_422(client: Client, amount: str) -> None:
     problem = problem_of(response, 422)
     assert problem["errors"][0]["field"] == "amount.amount"
     assert problem["errors"][0]["value"] == amount
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        (f"/v1/partners/{USD_PARTNER}/events?cursor=40", "cursor"),
+        (f"/v1/programs/{USD_PROGRAM}/partners?cursor=carl-lin", "cursor"),
+        (f"/v1/partners/{USD_PARTNER}/statements/2016-01?minposition=3", "minposition"),
+    ],
+)
+async def test_unknown_query_parameter_is_rejected(client: Client, path: str, name: str) -> None:
+    response = await client.get(path)
+
+    problem = problem_of(response, 422)
+    assert problem["errors"][0]["field"] == name
+    assert "accepts" in problem["detail"]

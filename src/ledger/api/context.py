@@ -17,10 +17,12 @@ import uuid
 from typing import Any
 
 from litestar import Request
+from litestar.params import QueryParameter
 
 from ledger.api.errors import BadRequestError, UnsupportedMediaTypeError
 from ledger.application.commands import CommandContext
 from ledger.domain.text import reject_nul
+from ledger.errors import InvalidInputError
 
 __all__ = [
     "ACTOR_HEADER",
@@ -116,6 +118,37 @@ def _has_body(request: Request[Any, Any, Any]) -> bool:
     return "transfer-encoding" in request.headers
 
 
+def _accepted_query_parameters(request: Request[Any, Any, Any]) -> frozenset[str] | None:
+    """Return the query parameters the request's route declares, or None for routes not ours."""
+    handler = request.scope.get("route_handler")
+    if handler is None or not request.url.path.startswith("/v1/"):
+        return None
+    return frozenset(
+        definition.kwarg_definition.query or name
+        for name, definition in handler.parsed_fn_signature.parameters.items()
+        if isinstance(definition.kwarg_definition, QueryParameter)
+    )
+
+
+def _reject_unknown_query_parameters(request: Request[Any, Any, Any]) -> None:
+    """Reject a query parameter the route does not declare, such as ``cursor`` for ``after``.
+
+    A misspelled paging parameter would otherwise be ignored, and a client
+    would read the first page again and again.
+    """
+    accepted = _accepted_query_parameters(request)
+    if accepted is None:
+        return
+    for name in request.query_params:
+        if name not in accepted:
+            choices = ", ".join(sorted(accepted)) or "none"
+            raise InvalidInputError(
+                f"query parameter {name!r} is not accepted here; this endpoint accepts: {choices}",
+                field=name[:MAX_HEADER_TEXT],
+                value=request.query_params.get(name, "")[:MAX_HEADER_TEXT],
+            )
+
+
 def _reject_nul_in_url(request: Request[Any, Any, Any]) -> None:
     """Reject a path or query parameter containing U+0000, which no stored id can contain."""
     for name, value in request.path_params.items():
@@ -128,7 +161,8 @@ def _reject_nul_in_url(request: Request[Any, Any, Any]) -> None:
 async def require_json_body(request: Request[Any, Any, Any]) -> None:
     """Check the URL's text, then reject a body that is not JSON; Litestar ``before_request`` hook.
 
-    A path or query parameter containing the NUL character is rejected first.
+    A path or query parameter containing the NUL character, and a query
+    parameter the route does not declare, are rejected first.
 
     A body with no Content-Type is rejected too. A POST, PUT or PATCH without
     a body or Content-Type passes, so the handler's validation reports the
@@ -139,6 +173,7 @@ async def require_json_body(request: Request[Any, Any, Any]) -> None:
             ``application/json`` or another ``application/*+json`` type.
     """
     _reject_nul_in_url(request)
+    _reject_unknown_query_parameters(request)
     has_body = _has_body(request)
     if request.method not in _BODY_METHODS and not has_body:
         return
