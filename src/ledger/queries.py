@@ -731,7 +731,7 @@ async def fetch_partner_events(
         )
     if after is not None and not 0 <= after <= _MAX_POSITION:
         raise InvalidInputError(
-            f"cursor {after} is out of range; pass the next_cursor of the previous page, "
+            f"after {after} is out of range; pass the next_cursor of the previous page, "
             "or leave it out to start at the first event",
             field="after",
             value=after,

@@ -276,7 +276,8 @@ class LedgerApplication(Application[UUID]):
                 if differences:
                     raise ConflictError(
                         f"partner {command.partner_id!r} is already enrolled with different "
-                        f"{', '.join(differences)}",
+                        f"{', '.join(differences)}; send the enrolled values to retry, or "
+                        "choose another partner id",
                         differences=differences,
                         field=next(iter(differences)),
                     ) from None
@@ -500,7 +501,8 @@ class LedgerApplication(Application[UUID]):
         if partner.program_id != program.program_id:
             raise InvalidInputError(
                 f"partner {command.partner_id!r} is enrolled in program "
-                f"{partner.program_id!r}, not {program.program_id!r}",
+                f"{partner.program_id!r}, not {program.program_id!r}; record the activity "
+                f"in program {partner.program_id!r}",
                 field="partner_id",
                 value=command.partner_id,
             )
@@ -640,7 +642,8 @@ class LedgerApplication(Application[UUID]):
             self.get_program(partner.program_id).check_not_future(command.effective_date)
             if earning.partner_id != partner_id:
                 raise NotFoundError(
-                    f"partner {partner_id!r} has no earning with source_ref {command.source_ref!r}",
+                    f"partner {partner_id!r} has no earning with source_ref "
+                    f"{command.source_ref!r}; reverse it under the partner who earned it",
                     field="source_ref",
                     value=command.source_ref,
                 )

@@ -173,8 +173,8 @@ class RuleSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 raise _no_matching_attributes(self, activity_type, candidates, attributes)
             known = sorted({rule.activity_type for rule in self.rules})
             raise RuleNotFoundError(
-                f"rule set {self.version} has no rule for activity type {activity_type!r} "
-                f"with attributes {dict(attributes)}; known activity types are {known}",
+                f"rule set {self.version} has no rule for activity type {activity_type!r}; "
+                f"send one of the known activity types: {', '.join(known)}",
                 field="activity_type",
                 value=activity_type,
             )
@@ -194,7 +194,7 @@ def _no_matching_attributes(
     return RuleNotFoundError(
         f"rule set {rule_set.version} has no rule for activity type {activity_type!r} with "
         f"{sent_text}; its {activity_type} rules accept {key} {', '.join(accepted)} "
-        f"(known activity types are {known})",
+        f"(known activity types: {', '.join(known)})",
         field=f"attributes.{key}",
         value=sent,
     )
