@@ -61,8 +61,8 @@ async def test_waiting_requests_are_served_in_arrival_order(database: DatabaseUr
 
 
 async def test_plain_asyncpg_pool_lets_a_late_request_overtake(database: DatabaseUrl) -> None:
-    # The behaviour FairPool exists to prevent; if asyncpg ever changes it,
-    # this test says so and FairPool may no longer be needed.
+    # The behaviour FairPool exists to prevent. If asyncpg ever changes it,
+    # this test fails, and FairPool may no longer be needed.
     served = await _order_of_service(asyncpg.create_pool, database.url)
 
     assert served[0] == "late"

@@ -2,7 +2,7 @@
 
 asyncpg's pool keeps idle connections in an ``asyncio`` queue. When a
 connection comes back, the queue wakes the oldest waiting request, but a
-request that asks in the meantime takes the connection first, and the woken
+request that arrives in the meantime takes the connection first, and the woken
 request queues again at the back. With more requests in flight than
 connections, some requests then wait many times longer than others: at 64
 statement reads in flight on one server process with 10 connections, the
@@ -63,7 +63,7 @@ class _FifoGate:
 
 
 class _FairAcquire:
-    """What :meth:`FairPool.acquire` returns: usable with ``async with`` or ``await``."""
+    """Acquisition returned by :meth:`FairPool.acquire`, for ``async with`` or ``await``."""
 
     __slots__ = ("_connection", "_pool", "_timeout")
 
