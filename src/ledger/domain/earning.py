@@ -119,23 +119,17 @@ class Earning(Aggregate):
         return cls._create(
             cls.Earned,
             id=earning_id(program_id, source_ref),
-            program_id=program_id,
-            partner_id=partner_id,
-            activity_type=activity_type,
-            source_ref=source_ref,
-            effective_date=effective_date,
-            attributes=dict(attributes),
-            base_minor=None if reward.base is None else reward.base.amount_minor,
-            rule_set_version=reward.rule_set_version,
-            rule_id=reward.rule_id,
-            rate=reward.rate,
-            fixed_minor=None if reward.fixed is None else reward.fixed.amount_minor,
-            unrounded_minor=reward.unrounded_minor,
-            rounding=reward.rounding.value,
-            amount_minor=reward.amount.amount_minor,
-            currency=reward.amount.currency,
-            actor=actor,
-            correlation_id=correlation_id,
+            **_earned_fields(
+                program_id=program_id,
+                partner_id=partner_id,
+                activity_type=activity_type,
+                source_ref=source_ref,
+                effective_date=effective_date,
+                attributes=attributes,
+                reward=reward,
+                actor=actor,
+                correlation_id=correlation_id,
+            ),
         )
 
     @classmethod
@@ -157,31 +151,24 @@ class Earning(Aggregate):
         For callers that only store new earnings: building the aggregate
         through eventsourcing's ``_create`` costs more than the event itself.
         """
-        # The fields that eventsourcing's _create sets on every created event come first.
-        fields: dict[str, Any] = {
-            "originator_topic": _EARNING_TOPIC,
-            "originator_id": earning_id(program_id, source_ref),
-            "originator_version": cls.INITIAL_VERSION,
-            "timestamp": cls.Earned.create_timestamp(),
-            "program_id": program_id,
-            "partner_id": partner_id,
-            "activity_type": activity_type,
-            "source_ref": source_ref,
-            "effective_date": effective_date,
-            "attributes": dict(attributes),
-            "base_minor": None if reward.base is None else reward.base.amount_minor,
-            "rule_set_version": reward.rule_set_version,
-            "rule_id": reward.rule_id,
-            "rate": reward.rate,
-            "fixed_minor": None if reward.fixed is None else reward.fixed.amount_minor,
-            "unrounded_minor": reward.unrounded_minor,
-            "rounding": reward.rounding.value,
-            "amount_minor": reward.amount.amount_minor,
-            "currency": reward.amount.currency,
-            "actor": actor,
-            "correlation_id": correlation_id,
-        }
-        return cls.Earned(**fields)
+        # The fields that eventsourcing's _create sets on every created event.
+        return cls.Earned(
+            originator_topic=_EARNING_TOPIC,
+            originator_id=earning_id(program_id, source_ref),
+            originator_version=cls.INITIAL_VERSION,
+            timestamp=cls.Earned.create_timestamp(),
+            **_earned_fields(
+                program_id=program_id,
+                partner_id=partner_id,
+                activity_type=activity_type,
+                source_ref=source_ref,
+                effective_date=effective_date,
+                attributes=attributes,
+                reward=reward,
+                actor=actor,
+                correlation_id=correlation_id,
+            ),
+        )
 
     @property
     def amount(self) -> Money:
@@ -321,3 +308,37 @@ class Earning(Aggregate):
 
 
 _EARNING_TOPIC = get_topic(Earning)
+
+
+def _earned_fields(
+    *,
+    program_id: str,
+    partner_id: str,
+    activity_type: str,
+    source_ref: str,
+    effective_date: date,
+    attributes: Mapping[str, str],
+    reward: Reward,
+    actor: str,
+    correlation_id: str,
+) -> dict[str, Any]:
+    """Return the fields of an ``Earned`` event that come from the activity and its reward."""
+    return {
+        "program_id": program_id,
+        "partner_id": partner_id,
+        "activity_type": activity_type,
+        "source_ref": source_ref,
+        "effective_date": effective_date,
+        "attributes": dict(attributes),
+        "base_minor": None if reward.base is None else reward.base.amount_minor,
+        "rule_set_version": reward.rule_set_version,
+        "rule_id": reward.rule_id,
+        "rate": reward.rate,
+        "fixed_minor": None if reward.fixed is None else reward.fixed.amount_minor,
+        "unrounded_minor": reward.unrounded_minor,
+        "rounding": reward.rounding.value,
+        "amount_minor": reward.amount.amount_minor,
+        "currency": reward.amount.currency,
+        "actor": actor,
+        "correlation_id": correlation_id,
+    }
