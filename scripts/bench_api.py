@@ -296,8 +296,8 @@ def _drive_wrk(
     # With every connection always busy, the mean latency is the connections
     # divided by the throughput (Little's law). On the 2-vCPU VM of
     # docs/benchmarks.md, wrk 4.1 reported means up to ten times that, even
-    # with one connection to a trivial server; its percentiles are then
-    # suspect too.
+    # with one connection to a trivial server. So its percentiles are suspect
+    # too.
     littles_law_mean_ms = clients / (result["requests"] / elapsed) * 1000
     consistent = latency["mean"] / 1000 <= 1.1 * littles_law_mean_ms
     if not consistent:

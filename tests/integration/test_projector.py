@@ -495,7 +495,7 @@ async def test_damaged_event_fails_batch_naming_it(services: Services) -> None:
     assert await fetch_all(services.database, "SELECT * FROM history.partner_events") == []
 
 
-async def test_full_reads_are_shared_and_short_reads_are_not(services: Services) -> None:
+async def test_only_full_reads_are_shared(services: Services) -> None:
     app = services.app
     publish_program(app)
     enroll(app, "acme")

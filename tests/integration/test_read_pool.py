@@ -27,7 +27,7 @@ PoolFactory = Callable[..., Awaitable[asyncpg.Pool]]
 async def _order_of_service(open_pool: PoolFactory, url: str) -> list[str]:
     """Return who got a one-connection pool's connection, in order, when a late request arrives.
 
-    The test holds the connection while ``second`` and ``third`` wait. While
+    The test keeps the connection while ``second`` and ``third`` wait. While
     the pool takes the connection back, ``late`` starts, so its first step
     runs after the connection is free again but before any waiter has run:
     as in a server, where a new request can arrive at any moment.

@@ -57,7 +57,7 @@ async def serve_statement(state: State, scope: HTTPScope, send: Send) -> bool:
     """Send the response to a plain statement read; return False, having sent nothing, to decline it.
 
     Args:
-        state: The application state, which holds the read pool once the
+        state: The application state, which contains the read pool once the
             application has started.
         scope: The request's ASGI scope.
         send: The ASGI send callable.

@@ -92,7 +92,7 @@ class MoneyInput(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ]
 
 
-# What an API amount may look like: "47.43", "-5", "0.250"; not " 5", "+5", "5." or ".5".
+# Pattern of an API amount: "47.43", "-5" and "0.250" match; " 5", "+5", "5." and ".5" do not.
 _PLAIN_DECIMAL = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 
 

@@ -4,7 +4,7 @@ asyncpg's pool keeps idle connections in an ``asyncio`` queue. When a
 connection comes back, the queue wakes the oldest waiting request, but a
 request that arrives in the meantime takes the connection first, and the woken
 request queues again at the back. With more requests in flight than
-connections, some requests then wait many times longer than others: at 64
+connections, some requests then wait many times longer than others. At 64
 statement reads in flight on one server process with 10 connections, the
 median read took 4.6 ms and the 99th percentile 57 ms.
 

@@ -235,8 +235,8 @@ async def _drain(
 
 
 # Latest error of each projection that this process's projector failed to
-# apply and retries, by name; a batch that commits removes its entry.
-# NOTE: only this process sees it. A server started with --no-projector, or a
+# apply and retries, by name. A batch that commits removes its entry.
+# NOTE: the registry is per process. A server started with --no-projector, or a
 # --workers process waiting for the lock, reports a failing projection in
 # another process only through its lag.
 _FAILURES: dict[str, str] = {}
